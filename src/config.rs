@@ -1,0 +1,75 @@
+//! Everything `resound serve` can be told, with its defaults. The CLI (`cli.rs`) builds one of
+//! these; tests build one directly and bind to port 0.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Default addresses, used when no service is named on the command line.
+pub const DEFAULT_ECHO: &str = "127.0.0.1:7000";
+pub const DEFAULT_UDP: &str = "127.0.0.1:7000";
+
+/// How many file descriptors `--max-conns` leaves for everything that is not a client: the
+/// listeners, the UDP socket, epoll, the signal pipe, logging, the spare descriptor kept for
+/// EMFILE. Redis reserves 32 the same way.
+pub const FD_RESERVE: usize = 32;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// TCP echo listener (`--echo`).
+    pub echo: Option<SocketAddr>,
+    /// UDP echo socket (`--udp`).
+    pub udp: Option<SocketAddr>,
+    /// Clients served at once (`--max-conns`); past it a client is told so and closed.
+    pub max_conns: usize,
+    /// Close a connection with no byte in or out for this long (`--idle-timeout`; None = never).
+    pub idle_timeout: Option<Duration>,
+    /// Bytes queued for one peer before the server stops reading from it (`--max-buffer`).
+    pub max_buffer: usize,
+    /// How long a graceful shutdown waits for connections to finish (`--drain-timeout`).
+    pub drain_timeout: Duration,
+    /// Print a stats line this often (`--stats-interval`; None = never).
+    pub stats_interval: Option<Duration>,
+    /// How long a connection may stay in a closing phase the server started (FIN-WAIT-1/2,
+    /// CLOSING) before it is released anyway: a peer that never reads what it is owed, or never
+    /// sends its FIN, must not hold a descriptor forever.
+    pub close_timeout: Duration,
+    /// Install SIGINT/SIGTERM handlers (the binary does; in-process tests use the [`Handle`]).
+    ///
+    /// [`Handle`]: crate::Handle
+    pub handle_signals: bool,
+}
+
+impl Default for Config {
+    /// No service at all, default limits. Name at least one service before binding.
+    fn default() -> Config {
+        Config {
+            echo: None,
+            udp: None,
+            max_conns: default_max_conns(),
+            idle_timeout: None,
+            max_buffer: 1024 * 1024,
+            drain_timeout: Duration::from_secs(5),
+            stats_interval: None,
+            close_timeout: Duration::from_secs(5),
+            handle_signals: false,
+        }
+    }
+}
+
+/// The descriptor limit of this process (RLIMIT_NOFILE's soft value) minus [`FD_RESERVE`].
+pub fn default_max_conns() -> usize {
+    fd_limit().saturating_sub(FD_RESERVE).max(1)
+}
+
+/// RLIMIT_NOFILE's soft limit.
+pub fn fd_limit() -> usize {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return 1024;
+    }
+    usize::try_from(rl.rlim_cur).unwrap_or(usize::MAX)
+}

@@ -1,0 +1,314 @@
+//! One TCP connection: its socket, its output queue, its lifecycle phase and what the last
+//! readiness events said. This is the only code that reads from or writes to a `TcpStream`.
+//!
+//! The loop (`server.rs`) decides *when* to read and write a connection; this file decides
+//! *how*: one `read` at a time with the edge-triggered rules, writes that go straight to the
+//! socket when nothing is queued, queueing of what the socket refuses, vectored flushes, the
+//! backpressure switch, and every phase change with its log line.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use log::debug;
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+
+use crate::lifecycle::{AbortReason, Event, Phase};
+use crate::outqueue::OutQueue;
+use crate::service::{Output, ServiceKind};
+
+/// The most iovecs handed to one `writev`.
+const MAX_IOVECS: usize = 64;
+
+/// What one `read` call produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// This many bytes are at the start of the buffer.
+    Data(usize),
+    /// `read()` returned 0: the peer's FIN.
+    Eof,
+    /// The receive queue is empty for now.
+    WouldBlock,
+    /// The read failed (usually a reset); the connection has been aborted.
+    Failed,
+}
+
+pub struct Connection {
+    /// A number that is never reused, for log lines (slab keys are).
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub service: ServiceKind,
+    stream: TcpStream,
+    phase: Phase,
+    out: OutQueue,
+
+    // --- readiness, as the edge-triggered events reported it ---
+    /// The socket may have bytes (or a FIN) to read: set by a readable event, cleared by a read
+    /// that found the receive queue empty. Edge-triggered epoll reports each arrival once, so
+    /// this flag is the only memory of "there is more to read".
+    read_ready: bool,
+    /// The socket may accept more bytes: cleared by a write that would block, set by a writable
+    /// event. A fresh socket is writable.
+    write_ready: bool,
+    /// The last event said the peer closed or the socket failed. Until a read sees the FIN (or
+    /// the error), a short read does not prove the receive queue is drained: the FIN sits
+    /// behind the data, and its edge has already been reported.
+    hup: bool,
+    /// Reading is suspended because the output queue reached `--max-buffer`.
+    read_paused: bool,
+    /// WRITABLE is part of the registered interest (only while the queue is non-empty).
+    write_interest: bool,
+
+    // --- bookkeeping for the loop ---
+    /// The connection is in the loop's run queue.
+    pub queued: bool,
+    /// When a byte last moved in either direction (for `--idle-timeout`).
+    pub last_active: Instant,
+    /// When the closing phase the server started must end (set on entering FIN-WAIT-1).
+    pub closing_deadline: Option<Instant>,
+    /// The earliest time this connection has an entry in the loop's timer queue.
+    pub timer_at: Option<Instant>,
+    /// Payload bytes read from and written to this peer.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl Connection {
+    pub fn new(
+        id: u64,
+        stream: TcpStream,
+        peer: SocketAddr,
+        service: ServiceKind,
+        now: Instant,
+    ) -> Connection {
+        Connection {
+            id,
+            peer,
+            service,
+            stream,
+            phase: Phase::Established,
+            out: OutQueue::new(),
+            read_ready: false,
+            write_ready: true,
+            hup: false,
+            read_paused: false,
+            write_interest: false,
+            queued: false,
+            last_active: now,
+            closing_deadline: None,
+            timer_at: None,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Unsent bytes owed to the peer.
+    pub fn queued_bytes(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Register with the poller. Readable only: WRITABLE is added while something is queued.
+    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        registry.register(&mut self.stream, token, Interest::READABLE)
+    }
+
+    /// Record what a readiness event says. Events are hints (spurious wake-ups happen); the
+    /// reads and writes that follow find out the truth.
+    pub fn on_readiness(&mut self, event: &mio::event::Event) {
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.read_ready = true;
+        }
+        if event.is_read_closed() || event.is_error() {
+            self.hup = true;
+        }
+        if event.is_writable() || event.is_write_closed() || event.is_error() {
+            self.write_ready = true;
+        }
+    }
+
+    /// Pretend the socket is readable, so the next visit reads until the queue is empty. Used
+    /// when a graceful shutdown starts: it must know what the kernel already holds.
+    pub fn assume_readable(&mut self) {
+        self.read_ready = true;
+    }
+
+    /// Is a read worth trying now?
+    pub fn wants_read(&self) -> bool {
+        self.read_ready && !self.read_paused && self.phase.reads()
+    }
+
+    /// Is a flush worth trying now?
+    pub fn wants_flush(&self) -> bool {
+        self.write_ready && !self.out.is_empty() && self.phase.writes()
+    }
+
+    /// Has nothing arrived that we have not read, and do we owe nothing? (What a graceful
+    /// shutdown waits for before closing.)
+    pub fn is_quiet(&self) -> bool {
+        !self.read_ready && self.out.is_empty()
+    }
+
+    /// One `read` into `buf`.
+    ///
+    /// A read that returns fewer bytes than asked means the receive queue was empty at that
+    /// instant; anything arriving later raises a new edge. So the caller need not spend one more
+    /// `read` to hear `WouldBlock` — the same shortcut tokio takes, worth a syscall per event.
+    /// The exception is `hup`: the FIN (or error) that follows the data was reported in the
+    /// same event and no new edge will come for it, so we keep reading until we see it.
+    pub fn read(&mut self, buf: &mut [u8]) -> ReadOutcome {
+        loop {
+            return match (&self.stream).read(buf) {
+                Ok(0) => {
+                    self.read_ready = false;
+                    ReadOutcome::Eof
+                }
+                Ok(n) => {
+                    if n < buf.len() && !self.hup {
+                        self.read_ready = false;
+                    }
+                    self.bytes_in += n as u64;
+                    ReadOutcome::Data(n)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.read_ready = false;
+                    self.hup = false;
+                    ReadOutcome::WouldBlock
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.step(Event::Abort(AbortReason::Io(e.kind())));
+                    ReadOutcome::Failed
+                }
+            };
+        }
+    }
+
+    /// Write what is queued, at most `budget` bytes. Clears `write_ready` if the socket fills
+    /// up; aborts the connection on a write error.
+    pub fn flush(&mut self, budget: usize) {
+        let mut left = budget;
+        while self.wants_flush() && left > 0 {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let n = self.out.io_slices(left, &mut slices);
+            match (&self.stream).write_vectored(&slices[..n]) {
+                Ok(0) => {
+                    self.step(Event::Abort(AbortReason::Io(io::ErrorKind::WriteZero)));
+                }
+                Ok(written) => {
+                    self.out.consume(written);
+                    self.bytes_out += written as u64;
+                    left -= written;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.write_ready = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => self.step(Event::Abort(AbortReason::Io(e.kind()))),
+            }
+        }
+    }
+
+    /// Update the backpressure switch: stop reading at `max_buffer` queued bytes, resume below
+    /// half of it. The gap keeps a connection that hovers at the limit from flapping.
+    pub fn update_flow(&mut self, max_buffer: usize) {
+        let queued = self.out.len();
+        if queued >= max_buffer {
+            self.read_paused = true;
+        } else if queued < max_buffer / 2 || queued == 0 {
+            self.read_paused = false;
+        }
+    }
+
+    /// Feed the lifecycle the one input that depends on the queue: when nothing is owed, the
+    /// phases that were waiting for a flush move on.
+    pub fn settle(&mut self) {
+        if self.out.is_empty() {
+            self.step(Event::Flushed);
+        }
+    }
+
+    /// The one place a phase changes. Logs `conn ID PEER FROM -> TO (why)` and runs the entry
+    /// action of the new phase.
+    pub fn step(&mut self, event: Event) {
+        let from = self.phase;
+        let to = from.next(&event);
+        if from == to {
+            return;
+        }
+        debug!(
+            "conn {} {} {} -> {} ({})",
+            self.id, self.peer, from, to, event
+        );
+        self.phase = to;
+        if to == Phase::FinWait2 {
+            // Our FIN goes out after every byte we owed. If the peer already reset, the
+            // shutdown fails and there is nothing left to wait for.
+            if let Err(e) = self.stream.shutdown(Shutdown::Write) {
+                self.step(Event::Abort(AbortReason::Io(e.kind())));
+            }
+        }
+        if to == Phase::Closed {
+            // Nothing queued can ever be sent now; free it at once.
+            self.out = OutQueue::new();
+        }
+    }
+
+    /// Make the registered interest match the queue: WRITABLE only while bytes are waiting.
+    /// Re-registering costs a syscall, so only a change of state triggers it.
+    pub fn update_interest(&mut self, registry: &Registry, token: Token) {
+        let want = !self.out.is_empty() && self.phase.writes();
+        if want == self.write_interest || self.phase == Phase::Closed {
+            return;
+        }
+        let interest = if want {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        match registry.reregister(&mut self.stream, token, interest) {
+            Ok(()) => self.write_interest = want,
+            Err(e) => self.step(Event::Abort(AbortReason::Io(e.kind()))),
+        }
+    }
+
+    /// The next time a timer must look at this connection: the closing deadline while the
+    /// server is closing it, otherwise the idle deadline (if there is one).
+    pub fn deadline(&self, idle_timeout: Option<Duration>) -> Option<Instant> {
+        match self.phase {
+            Phase::Closed => None,
+            p if p.is_closing_actively() => self.closing_deadline,
+            _ => idle_timeout.map(|idle| self.last_active + idle),
+        }
+    }
+}
+
+impl Output for Connection {
+    /// Write `bytes` now if nothing is queued ahead of them; queue whatever the socket does not
+    /// take. Never blocks, never drops.
+    fn send(&mut self, bytes: &[u8]) {
+        if !self.phase.writes() {
+            return;
+        }
+        let mut rest = bytes;
+        if self.out.is_empty() {
+            while self.write_ready && !rest.is_empty() && self.phase.writes() {
+                match (&self.stream).write(rest) {
+                    Ok(0) => self.step(Event::Abort(AbortReason::Io(io::ErrorKind::WriteZero))),
+                    Ok(n) => {
+                        rest = &rest[n..];
+                        self.bytes_out += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.write_ready = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => self.step(Event::Abort(AbortReason::Io(e.kind()))),
+                }
+            }
+        }
+        if self.phase.writes() {
+            self.out.push_copy(rest);
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Binding sockets (the seeds' `net.Listen` and `net.ListenUDP`) and accepting connections
+//! (`Accept`), including what to do when the process runs out of file descriptors.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// The accept backlog asked of the kernel (it caps it at `net.core.somaxconn`). mio and std use
+/// 1024 and 128; a connect flood fills those long before a busy loop comes back to accept.
+const BACKLOG: i32 = 4096;
+
+/// The line a client turned away at accept time receives before the close.
+pub const TOO_MANY: &[u8] = b"error: too many connections\n";
+
+/// Bind a TCP listener: SO_REUSEADDR (so a restart does not wait out TIME-WAIT), non-blocking,
+/// a deep backlog.
+pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Bind a non-blocking UDP socket.
+pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    UdpSocket::bind(addr)
+}
+
+/// What one accept attempt produced.
+pub enum Accepted {
+    /// A new client.
+    Conn(TcpStream, SocketAddr),
+    /// No connection waiting.
+    Empty,
+    /// Out of descriptors: one waiting client was accepted with the spare descriptor, told
+    /// `error: too many connections` and closed, so the listener does not stay readable forever.
+    Shed,
+    /// Out of descriptors (with no spare left) or out of kernel memory: stop accepting for a
+    /// while; the waiting clients stay in the backlog.
+    Pause(io::Error),
+}
+
+/// A listener plus the spare descriptor that lets it survive EMFILE.
+///
+/// When `accept` fails with EMFILE the pending connection stays in the backlog and the
+/// listener stays readable. A level-triggered loop would spin on it; an edge-triggered one
+/// would never hear of it again. libuv's answer, taken here: keep one descriptor open on
+/// `/dev/null`; on EMFILE close it, accept the waiting client with the freed number, tell it why
+/// and close it, then reopen the spare. The client gets a clear answer instead of a hang, and
+/// the loop keeps draining the backlog at a bounded cost per client.
+pub struct Acceptor {
+    pub listener: TcpListener,
+    spare: Option<File>,
+}
+
+impl Acceptor {
+    pub fn new(listener: TcpListener) -> Acceptor {
+        Acceptor {
+            listener,
+            spare: File::open("/dev/null").ok(),
+        }
+    }
+
+    pub fn accept(&mut self) -> Accepted {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => return Accepted::Conn(stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accepted::Empty,
+                // A client that gave up while waiting in the backlog, or a signal: next.
+                Err(e)
+                    if e.kind() == io::ErrorKind::Interrupted
+                        || e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) if is_out_of_fds(&e) => {
+                    return match self.spare.take() {
+                        Some(spare) => {
+                            drop(spare);
+                            if let Ok((stream, _)) = self.listener.accept() {
+                                reject(stream);
+                            }
+                            self.spare = File::open("/dev/null").ok();
+                            Accepted::Shed
+                        }
+                        None => {
+                            self.spare = File::open("/dev/null").ok();
+                            Accepted::Pause(e)
+                        }
+                    };
+                }
+                // ENOBUFS, ENOMEM and anything unexpected: back off rather than spin.
+                Err(e) => return Accepted::Pause(e),
+            }
+        }
+    }
+}
+
+/// Tell a client we cannot serve it, and close. The socket is fresh, so its send buffer is
+/// empty and this small write cannot block.
+pub fn reject(stream: TcpStream) {
+    let _ = (&stream).write(TOO_MANY);
+}
+
+fn is_out_of_fds(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}

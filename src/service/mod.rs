@@ -1,0 +1,47 @@
+//! The services: what the server does with the bytes a client sends. Each is pure logic — bytes
+//! in, bytes out through an [`Output`] — so it is tested without sockets; the loop
+//! (`server.rs`) and the connection (`connection.rs`) do the I/O.
+
+use std::fmt;
+
+pub mod echo;
+
+/// Where a service puts the bytes it owes its client. The connection implements it (write now,
+/// or queue what the socket will not take); tests use a `Vec<u8>`.
+pub trait Output {
+    fn send(&mut self, bytes: &[u8]);
+}
+
+impl Output for Vec<u8> {
+    fn send(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Which service a socket serves. The name is the one printed in `listening <name> <proto>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ServiceKind {
+    /// TCP echo.
+    Echo,
+    /// UDP echo.
+    Udp,
+}
+
+impl ServiceKind {
+    /// The transport: "tcp" or "udp".
+    pub fn proto(self) -> &'static str {
+        match self {
+            ServiceKind::Echo => "tcp",
+            ServiceKind::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServiceKind::Echo => "echo",
+            ServiceKind::Udp => "udp",
+        })
+    }
+}

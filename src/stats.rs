@@ -1,0 +1,80 @@
+//! Counters the loop keeps, and the `key=value` line `--stats-interval` prints.
+
+use std::fmt;
+
+use crate::lifecycle::Phase;
+
+/// Totals since the server started.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// TCP connections accepted and served.
+    pub accepted: u64,
+    /// TCP connections turned away (`--max-conns` reached, or out of descriptors).
+    pub rejected: u64,
+    /// TCP connections released.
+    pub closed: u64,
+    /// TCP payload bytes read from clients.
+    pub bytes_in: u64,
+    /// TCP payload bytes written to clients.
+    pub bytes_out: u64,
+    /// UDP datagrams received.
+    pub udp_in: u64,
+    /// UDP datagrams echoed.
+    pub udp_out: u64,
+    /// UDP replies the socket would not take (dropped, as UDP may).
+    pub udp_dropped: u64,
+}
+
+/// Stats plus the number of live connections in each phase: what a stats line prints.
+pub struct Snapshot {
+    pub totals: Stats,
+    pub phases: [usize; Phase::ALL.len()],
+}
+
+impl fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let live: usize = self.phases.iter().sum();
+        write!(f, "conns={live}")?;
+        for phase in Phase::ALL {
+            if phase != Phase::Closed {
+                write!(f, " {phase}={}", self.phases[phase.index()])?;
+            }
+        }
+        let s = &self.totals;
+        write!(
+            f,
+            " accepted={} rejected={} closed={} bytes_in={} bytes_out={} \
+             udp_in={} udp_out={} udp_dropped={}",
+            s.accepted,
+            s.rejected,
+            s.closed,
+            s.bytes_in,
+            s.bytes_out,
+            s.udp_in,
+            s.udp_out,
+            s.udp_dropped
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_snapshot_line_names_every_open_phase() {
+        let snap = Snapshot {
+            totals: Stats {
+                accepted: 3,
+                closed: 1,
+                ..Stats::default()
+            },
+            phases: [1, 0, 0, 1, 0, 0],
+        };
+        assert_eq!(
+            snap.to_string(),
+            "conns=2 ESTABLISHED=1 CLOSE-WAIT=0 FIN-WAIT-1=0 FIN-WAIT-2=1 CLOSING=0 \
+             accepted=3 rejected=0 closed=1 bytes_in=0 bytes_out=0 udp_in=0 udp_out=0 udp_dropped=0"
+        );
+    }
+}
