@@ -8,6 +8,7 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use log::debug;
@@ -59,6 +60,9 @@ pub struct Connection {
     read_paused: bool,
     /// WRITABLE is part of the registered interest (only while the queue is non-empty).
     write_interest: bool,
+    /// During a graceful shutdown: the value of `bytes_in` at which every byte the kernel had
+    /// received (and acknowledged) when the shutdown began has been served.
+    drain_limit: Option<u64>,
 
     // --- bookkeeping for the loop ---
     /// The connection is in the loop's run queue.
@@ -72,6 +76,8 @@ pub struct Connection {
     /// Payload bytes read from and written to this peer.
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Of `bytes_in`, those read in a closing phase and dropped.
+    pub discarded: u64,
 }
 
 impl Connection {
@@ -94,12 +100,14 @@ impl Connection {
             hup: false,
             read_paused: false,
             write_interest: false,
+            drain_limit: None,
             queued: false,
             last_active: now,
             closing_deadline: None,
             timer_at: None,
             bytes_in: 0,
             bytes_out: 0,
+            discarded: 0,
         }
     }
 
@@ -131,15 +139,33 @@ impl Connection {
         }
     }
 
-    /// Pretend the socket is readable, so the next visit reads until the queue is empty. Used
-    /// when a graceful shutdown starts: it must know what the kernel already holds.
-    pub fn assume_readable(&mut self) {
+    /// A graceful shutdown begins: serve exactly what the kernel holds for us now — bytes its
+    /// TCP already acknowledged, which the peer rightly believes delivered — and nothing that
+    /// arrives later. Without this bound a client that streams without pause would hold the
+    /// drain until its timeout.
+    pub fn begin_drain(&mut self) {
+        let mut pending: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int: the bytes waiting in the socket's receive queue.
+        let rc = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::FIONREAD, &mut pending) };
+        let pending = if rc == 0 { pending.max(0) as u64 } else { 0 };
+        self.drain_limit = Some(self.bytes_in + pending);
         self.read_ready = true;
+    }
+
+    /// How many bytes the next read may take, at most `max`: during a drain, no more than the
+    /// limit (in a closing phase input is only discarded, so there is no limit).
+    pub fn read_allowance(&self, max: usize) -> usize {
+        match self.drain_limit {
+            Some(limit) if self.phase.delivers_input() => {
+                max.min(usize::try_from(limit.saturating_sub(self.bytes_in)).unwrap_or(max))
+            }
+            _ => max,
+        }
     }
 
     /// Is a read worth trying now?
     pub fn wants_read(&self) -> bool {
-        self.read_ready && !self.read_paused && self.phase.reads()
+        self.read_ready && !self.read_paused && self.phase.reads() && self.read_allowance(1) > 0
     }
 
     /// Is a flush worth trying now?
@@ -147,10 +173,10 @@ impl Connection {
         self.write_ready && !self.out.is_empty() && self.phase.writes()
     }
 
-    /// Has nothing arrived that we have not read, and do we owe nothing? (What a graceful
-    /// shutdown waits for before closing.)
-    pub fn is_quiet(&self) -> bool {
-        !self.read_ready && self.out.is_empty()
+    /// Is a graceful shutdown under way, has every byte that was pending when it began been served,
+    /// and is nothing owed any more? Then the connection can be closed.
+    pub fn is_drained(&self) -> bool {
+        self.drain_limit.is_some() && self.read_allowance(1) == 0 && self.out.is_empty()
     }
 
     /// One `read` into `buf`.

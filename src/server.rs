@@ -409,7 +409,6 @@ impl Core {
 
     /// Step 4 for one connection: flush, read, deliver, each within its budget.
     fn visit(&mut self, key: usize) {
-        let draining = self.draining_until.is_some();
         let max_buffer = self.config.max_buffer;
         let conn = &mut self.conns[key];
         if conn.phase() == Phase::Closed {
@@ -423,7 +422,7 @@ impl Core {
 
         let mut budget = IO_BUDGET;
         while budget > 0 && conn.wants_read() {
-            let want = budget.min(self.scratch.len());
+            let want = conn.read_allowance(budget.min(self.scratch.len()));
             match conn.read(&mut self.scratch[..want]) {
                 ReadOutcome::Data(n) => {
                     budget -= n;
@@ -434,16 +433,19 @@ impl Core {
                             ServiceKind::Udp => unreachable!("UDP has no connections"),
                         }
                         conn.update_flow(max_buffer);
+                    } else {
+                        // A closing phase reads only to find the peer's FIN.
+                        conn.discarded += n as u64;
                     }
-                    // else: a closing phase reads only to find the peer's FIN; data is dropped.
                 }
                 ReadOutcome::Eof => conn.step(Event::PeerFin),
                 ReadOutcome::WouldBlock | ReadOutcome::Failed => {}
             }
         }
 
-        // Graceful shutdown closes a connection once it has nothing unread and owes nothing.
-        if draining && conn.phase() == Phase::Established && conn.is_quiet() {
+        // Graceful shutdown closes a connection once it has served what was pending and owes
+        // nothing.
+        if conn.phase() == Phase::Established && conn.is_drained() {
             conn.step(Event::Close(CloseReason::Shutdown));
         }
         conn.settle();
@@ -528,6 +530,7 @@ impl Core {
                 self.stats.closed += 1;
                 self.stats.bytes_in += conn.bytes_in;
                 self.stats.bytes_out += conn.bytes_out;
+                self.stats.discarded += conn.discarded;
                 debug!(
                     "conn {} {} released: {} bytes in, {} out",
                     conn.id, conn.peer, conn.bytes_in, conn.bytes_out
@@ -588,9 +591,7 @@ impl Core {
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             let conn = &mut self.conns[key];
-            // Read once more whatever the kernel already holds: those bytes were acknowledged
-            // to the peer, so they must be answered before we close.
-            conn.assume_readable();
+            conn.begin_drain();
             enqueue(&mut self.run_queue, conn, key);
         }
     }
@@ -626,6 +627,7 @@ impl Core {
         for (_, conn) in &self.conns {
             totals.bytes_in += conn.bytes_in;
             totals.bytes_out += conn.bytes_out;
+            totals.discarded += conn.discarded;
         }
         totals
     }

@@ -17,6 +17,9 @@ pub struct Stats {
     pub bytes_in: u64,
     /// TCP payload bytes written to clients.
     pub bytes_out: u64,
+    /// Of `bytes_in`, bytes read only to find the peer's FIN after the server decided to close
+    /// (FIN-WAIT), and so not served. Every other byte read is answered.
+    pub discarded: u64,
     /// UDP datagrams received.
     pub udp_in: u64,
     /// UDP datagrams echoed.
@@ -43,13 +46,14 @@ impl fmt::Display for Snapshot {
         let s = &self.totals;
         write!(
             f,
-            " accepted={} rejected={} closed={} bytes_in={} bytes_out={} \
+            " accepted={} rejected={} closed={} bytes_in={} bytes_out={} discarded={} \
              udp_in={} udp_out={} udp_dropped={}",
             s.accepted,
             s.rejected,
             s.closed,
             s.bytes_in,
             s.bytes_out,
+            s.discarded,
             s.udp_in,
             s.udp_out,
             s.udp_dropped
@@ -74,7 +78,7 @@ mod tests {
         assert_eq!(
             snap.to_string(),
             "conns=2 ESTABLISHED=1 CLOSE-WAIT=0 FIN-WAIT-1=0 FIN-WAIT-2=1 CLOSING=0 \
-             accepted=3 rejected=0 closed=1 bytes_in=0 bytes_out=0 udp_in=0 udp_out=0 udp_dropped=0"
+             accepted=3 rejected=0 closed=1 bytes_in=0 bytes_out=0 discarded=0 udp_in=0 udp_out=0 udp_dropped=0"
         );
     }
 }

@@ -1,0 +1,286 @@
+//! Shared helpers for the integration tests: start a server (in-process or as the real binary)
+//! on port 0, connect with timeouts, generate and check payloads.
+//!
+//! Every socket here talks to loopback only and every blocking call has a timeout, so a broken
+//! server fails a test instead of hanging it.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use resound::{Config, Running, ServiceKind};
+
+/// The longest any single blocking operation in a test may take.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A config with echo and UDP on ephemeral loopback ports.
+pub fn config() -> Config {
+    Config {
+        echo: Some("127.0.0.1:0".parse().unwrap()),
+        udp: Some("127.0.0.1:0".parse().unwrap()),
+        ..Config::default()
+    }
+}
+
+/// Start an in-process server (echo + UDP on port 0) after letting `tweak` adjust the config.
+pub fn start(tweak: impl FnOnce(&mut Config)) -> Running {
+    let mut config = config();
+    tweak(&mut config);
+    resound::spawn(config).expect("server starts")
+}
+
+/// Connect with read and write timeouts set.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+    stream
+}
+
+/// Connect to the echo service of an in-process server.
+pub fn connect_echo(server: &Running) -> TcpStream {
+    connect(server.addr(ServiceKind::Echo))
+}
+
+/// Read until EOF (the read timeout bounds each read).
+pub fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got).expect("read to EOF");
+    got
+}
+
+/// Write `data` from a helper thread, then half-close; read everything back until EOF on this
+/// thread. Reading and writing at once is required: echo cannot run ahead of a client that
+/// does not read.
+pub fn echo_round_trip(stream: TcpStream, data: Vec<u8>) -> Vec<u8> {
+    let mut writer = stream.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        writer.write_all(&data).expect("write");
+        writer.shutdown(Shutdown::Write).expect("half-close");
+    });
+    let mut reader = stream;
+    let got = read_to_eof(&mut reader);
+    sender.join().unwrap();
+    got
+}
+
+/// `len` bytes of a deterministic pseudo-random stream, starting at `offset` in it. Every 8-byte
+/// word differs, so a lost, duplicated or misplaced chunk shows up as a mismatch.
+pub fn pattern(offset: usize, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 16);
+    let mut word = offset / 8;
+    let skip = offset % 8;
+    while out.len() < len + skip {
+        out.extend_from_slice(&splitmix64(word as u64).to_le_bytes());
+        word += 1;
+    }
+    out.drain(..skip);
+    out.truncate(len);
+    out
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Assert `got` equals `want`, reporting the first difference instead of two huge buffers.
+pub fn assert_same(got: &[u8], want: &[u8]) {
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!("payload differs at byte {i} of {}", want.len());
+    }
+    assert_eq!(got.len(), want.len(), "payload length");
+}
+
+// --- the real binary ---
+
+/// `resound serve ARGS` as a child process, with the addresses it printed.
+pub struct ServerProcess {
+    pub child: Child,
+    pub bound: Vec<(String, String, SocketAddr)>,
+    /// Lines the server logged, collected by a background thread.
+    stderr_lines: mpsc::Receiver<String>,
+    /// Lines on stdout after the listening lines; disconnects when the process exits (its end
+    /// of the pipe closes), which is how `wait` learns of the exit without polling.
+    stdout_lines: mpsc::Receiver<String>,
+}
+
+impl ServerProcess {
+    /// Start the binary and wait for its `listening` lines (one per socket in `expect`).
+    pub fn start(args: &[&str], expect: usize) -> ServerProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_resound"))
+            .arg("serve")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn resound");
+        let stderr_lines = collect_lines(child.stderr.take().unwrap());
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut bound = Vec::new();
+        while bound.len() < expect {
+            let line = rx
+                .recv_timeout(TIMEOUT)
+                .expect("server prints its listening lines");
+            let parts: Vec<&str> = line.split(' ').collect();
+            assert_eq!(parts.len(), 4, "unexpected stdout line {line:?}");
+            assert_eq!(parts[0], "listening", "unexpected stdout line {line:?}");
+            bound.push((
+                parts[1].to_string(),
+                parts[2].to_string(),
+                parts[3].parse().expect("address"),
+            ));
+        }
+        ServerProcess {
+            child,
+            bound,
+            stderr_lines,
+            stdout_lines: rx,
+        }
+    }
+
+    /// The address printed for `service`.
+    pub fn addr(&self, service: &str) -> SocketAddr {
+        self.bound
+            .iter()
+            .find(|(s, _, _)| s == service)
+            .unwrap_or_else(|| panic!("no {service} socket"))
+            .2
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Wait for the process to exit, at most `TIMEOUT`.
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout_lines.recv_timeout(left) {
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("server did not exit in time"),
+            }
+        }
+        self.child.wait().expect("wait")
+    }
+
+    /// Wait for a log line containing `needle`; returns it.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line containing {needle:?}"),
+            }
+        }
+    }
+
+    /// VmRSS of the server in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect_lines(stderr: ChildStderr) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// VmRSS of process `pid` in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line")
+}
+
+/// Parse `key=value` pairs out of a stats log line.
+pub fn stat(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        .parse()
+        .expect("number")
+}
+
+/// Run `resound ARGS` to completion and return (status, stderr).
+pub fn run_binary(args: &[&str]) -> (ExitStatus, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_resound"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run resound");
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Wait until `fd` is writable or `timeout` passes; true if writable.
+pub fn wait_writable(stream: &TcpStream, timeout: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+    n > 0
+}
+
+/// Write as much of `data` as a non-blocking socket takes; returns bytes written.
+pub fn write_nonblocking(stream: &mut TcpStream, data: &[u8]) -> usize {
+    let mut done = 0;
+    while done < data.len() {
+        match stream.write(&data[done..]) {
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    done
+}
