@@ -80,16 +80,16 @@ fn address_in_use_exits_1_naming_the_socket() {
     let addr = taken.local_addr().unwrap().to_string();
     let (status, stderr) = run_binary(&["serve", "--echo", &addr]);
     assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(&format!("cannot bind echo tcp {addr}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot bind echo tcp {addr}")),
+        "{stderr}"
+    );
 }
 
 /// `--stats-interval` logs the stats line, with connections per phase and byte counts.
 #[test]
 fn stats_interval_logs_phases_and_counters() {
-    let server = ServerProcess::start(
-        &["--echo", "127.0.0.1:0", "--stats-interval", "0.1"],
-        1,
-    );
+    let server = ServerProcess::start(&["--echo", "127.0.0.1:0", "--stats-interval", "0.1"], 1);
     let mut c = connect(server.addr("echo"));
     c.write_all(b"12345").unwrap();
     let mut back = [0; 5];

@@ -89,11 +89,7 @@ fn writer_that_never_reads_is_paused_not_buffered() {
 }
 
 /// Like `echo_round_trip`, for a connection on which `data[..already]` was sent already.
-fn echo_round_trip_from(
-    stream: std::net::TcpStream,
-    data: Vec<u8>,
-    already: usize,
-) -> Vec<u8> {
+fn echo_round_trip_from(stream: std::net::TcpStream, data: Vec<u8>, already: usize) -> Vec<u8> {
     let mut writer = stream.try_clone().unwrap();
     let sender = std::thread::spawn(move || {
         writer.write_all(&data[already..]).expect("write");
@@ -150,7 +146,9 @@ fn a_reset_leaves_other_clients_untouched() {
         }
     }
     // SO_LINGER 0: close() sends a reset instead of a FIN.
-    SockRef::from(&rude).set_linger(Some(Duration::ZERO)).unwrap();
+    SockRef::from(&rude)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
     drop(rude);
 
     steady.write_all(b"after\n").unwrap();

@@ -6,7 +6,6 @@ mod util;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -76,7 +75,11 @@ fn sigterm_with_clients_mid_stream_flushes_everything_and_exits_0() {
     }
     let served = stat(&totals, "bytes_in") - stat(&totals, "discarded");
     let delivered: usize = received.iter().map(Vec::len).sum();
-    assert_eq!(served, stat(&totals, "bytes_out"), "every byte read was echoed");
+    assert_eq!(
+        served,
+        stat(&totals, "bytes_out"),
+        "every byte read was echoed"
+    );
     assert_eq!(delivered as u64, stat(&totals, "bytes_out"));
 }
 

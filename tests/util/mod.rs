@@ -255,7 +255,10 @@ pub fn run_binary(args: &[&str]) -> (ExitStatus, String) {
         .stdin(Stdio::null())
         .output()
         .expect("run resound");
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Wait until `fd` is writable or `timeout` passes; true if writable.
