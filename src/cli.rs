@@ -13,7 +13,7 @@ use crate::config::{self, Config};
 #[command(
     name = "resound",
     version,
-    about = "A single-threaded mio event loop serving TCP echo and UDP echo.",
+    about = "A single-threaded mio event loop serving TCP echo, TCP broadcast and UDP echo.",
     long_about = None,
     arg_required_else_help = true
 )]
@@ -30,8 +30,9 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
-With none of --echo/--udp given, every service starts on its default address:
-echo 127.0.0.1:7000 (tcp), udp 127.0.0.1:7000. Name any of them and only those start.
+With none of --echo/--broadcast/--udp given, every service starts on its default address:
+echo 127.0.0.1:7000 (tcp), broadcast 127.0.0.1:7001 (tcp), udp 127.0.0.1:7000.
+Name any of them and only those start.
 Port 0 picks a free port. Each bound socket is printed on stdout as
 `listening <service> <tcp|udp> <ip:port>`.
 
@@ -41,6 +42,10 @@ pub struct ServeArgs {
     /// TCP echo: every byte back, in order.
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub echo: Option<SocketAddr>,
+
+    /// TCP broadcast: every line a client sends goes to every other client.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub broadcast: Option<SocketAddr>,
 
     /// UDP echo: every datagram back to its sender.
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
@@ -60,6 +65,23 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "1m")]
     pub max_buffer: usize,
 
+    /// Longest broadcast line, without its newline; a client sending a longer one gets
+    /// "error: line too long" and is closed.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "64k")]
+    pub max_line: usize,
+
+    /// A broadcast client with more than BYTES of lines queued for it is disconnected at once.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "16m")]
+    pub bcast_hard_limit: usize,
+
+    /// A broadcast client with more than BYTES queued for --bcast-soft-time is disconnected.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "4m")]
+    pub bcast_soft_limit: usize,
+
+    /// How long a broadcast client may stay over --bcast-soft-limit.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
+    pub bcast_soft_time: Duration,
+
     /// On SIGINT/SIGTERM, how long to let connections finish before closing them.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "5")]
     pub drain_timeout: Duration,
@@ -73,11 +95,13 @@ impl ServeArgs {
     /// The server configuration these arguments describe.
     pub fn into_config(self) -> Config {
         let mut config = Config::default();
-        if self.echo.is_none() && self.udp.is_none() {
+        if self.echo.is_none() && self.broadcast.is_none() && self.udp.is_none() {
             config.echo = Some(config::DEFAULT_ECHO.parse().expect("valid default"));
+            config.broadcast = Some(config::DEFAULT_BROADCAST.parse().expect("valid default"));
             config.udp = Some(config::DEFAULT_UDP.parse().expect("valid default"));
         } else {
             config.echo = self.echo;
+            config.broadcast = self.broadcast;
             config.udp = self.udp;
         }
         if let Some(n) = self.max_conns {
@@ -85,6 +109,10 @@ impl ServeArgs {
         }
         config.idle_timeout = nonzero(self.idle_timeout);
         config.max_buffer = self.max_buffer;
+        config.max_line = self.max_line;
+        config.bcast_hard_limit = self.bcast_hard_limit;
+        config.bcast_soft_limit = self.bcast_soft_limit;
+        config.bcast_soft_time = self.bcast_soft_time;
         config.drain_timeout = self.drain_timeout;
         config.stats_interval = nonzero(self.stats_interval);
         config.handle_signals = true;
@@ -215,8 +243,10 @@ mod tests {
         let Command::Serve(args) = cli.command;
         let config = args.into_config();
         assert_eq!(config.echo, Some("127.0.0.1:7000".parse().unwrap()));
+        assert_eq!(config.broadcast, Some("127.0.0.1:7001".parse().unwrap()));
         assert_eq!(config.udp, Some("127.0.0.1:7000".parse().unwrap()));
         assert_eq!(config.max_buffer, 1 << 20);
+        assert_eq!(config.max_line, 64 << 10);
         assert_eq!(config.idle_timeout, None);
     }
 
@@ -226,6 +256,7 @@ mod tests {
         let Command::Serve(args) = cli.command;
         let config = args.into_config();
         assert_eq!(config.echo, None);
+        assert_eq!(config.broadcast, None);
         assert_eq!(config.udp, Some("127.0.0.1:0".parse().unwrap()));
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 /// Default addresses, used when no service is named on the command line.
 pub const DEFAULT_ECHO: &str = "127.0.0.1:7000";
+pub const DEFAULT_BROADCAST: &str = "127.0.0.1:7001";
 pub const DEFAULT_UDP: &str = "127.0.0.1:7000";
 
 /// How many file descriptors `--max-conns` leaves for everything that is not a client: the
@@ -17,6 +18,8 @@ pub const FD_RESERVE: usize = 32;
 pub struct Config {
     /// TCP echo listener (`--echo`).
     pub echo: Option<SocketAddr>,
+    /// TCP line broadcast listener (`--broadcast`).
+    pub broadcast: Option<SocketAddr>,
     /// UDP echo socket (`--udp`).
     pub udp: Option<SocketAddr>,
     /// Clients served at once (`--max-conns`); past it a client is told so and closed.
@@ -25,6 +28,15 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// Bytes queued for one peer before the server stops reading from it (`--max-buffer`).
     pub max_buffer: usize,
+    /// Longest broadcast line accepted, without its `\n` (`--max-line`).
+    pub max_line: usize,
+    /// A broadcast client whose pending output passes this is disconnected at once
+    /// (`--bcast-hard-limit`).
+    pub bcast_hard_limit: usize,
+    /// ... and one whose pending output stays over this for `bcast_soft_time` is disconnected
+    /// too (`--bcast-soft-limit`, `--bcast-soft-time`): Redis's pub/sub output limits.
+    pub bcast_soft_limit: usize,
+    pub bcast_soft_time: Duration,
     /// How long a graceful shutdown waits for connections to finish (`--drain-timeout`).
     pub drain_timeout: Duration,
     /// Print a stats line this often (`--stats-interval`; None = never).
@@ -44,10 +56,15 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             echo: None,
+            broadcast: None,
             udp: None,
             max_conns: default_max_conns(),
             idle_timeout: None,
             max_buffer: 1024 * 1024,
+            max_line: 64 * 1024,
+            bcast_hard_limit: 16 * 1024 * 1024,
+            bcast_soft_limit: 4 * 1024 * 1024,
+            bcast_soft_time: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
             stats_interval: None,
             close_timeout: Duration::from_secs(5),

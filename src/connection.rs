@@ -9,6 +9,7 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use log::debug;
@@ -17,7 +18,7 @@ use mio::{Interest, Registry, Token};
 
 use crate::lifecycle::{AbortReason, Event, Phase};
 use crate::outqueue::OutQueue;
-use crate::service::{Output, ServiceKind};
+use crate::service::{Output, ServiceKind, Session};
 
 /// The most iovecs handed to one `writev`.
 const MAX_IOVECS: usize = 64;
@@ -39,7 +40,8 @@ pub struct Connection {
     /// A number that is never reused, for log lines (slab keys are).
     pub id: u64,
     pub peer: SocketAddr,
-    pub service: ServiceKind,
+    /// The service's own state for this client.
+    pub session: Session,
     stream: TcpStream,
     phase: Phase,
     out: OutQueue,
@@ -67,6 +69,8 @@ pub struct Connection {
     // --- bookkeeping for the loop ---
     /// The connection is in the loop's run queue.
     pub queued: bool,
+    /// The connection is in the loop's list of broadcast recipients to flush this turn.
+    pub flush_pending: bool,
     /// When a byte last moved in either direction (for `--idle-timeout`).
     pub last_active: Instant,
     /// When the closing phase the server started must end (set on entering FIN-WAIT-1).
@@ -91,7 +95,7 @@ impl Connection {
         Connection {
             id,
             peer,
-            service,
+            session: Session::new(service),
             stream,
             phase: Phase::Established,
             out: OutQueue::new(),
@@ -102,6 +106,7 @@ impl Connection {
             write_interest: false,
             drain_limit: None,
             queued: false,
+            flush_pending: false,
             last_active: now,
             closing_deadline: None,
             timer_at: None,
@@ -115,9 +120,27 @@ impl Connection {
         self.phase
     }
 
+    pub fn service(&self) -> ServiceKind {
+        self.session.kind()
+    }
+
     /// Unsent bytes owed to the peer.
     pub fn queued_bytes(&self) -> usize {
         self.out.len()
+    }
+
+    /// Memory the output queue holds (what output limits are checked against).
+    pub fn queue_footprint(&self) -> usize {
+        self.out.footprint()
+    }
+
+    /// Queue a shared chunk (a broadcast line batch) behind whatever is queued. No write is
+    /// attempted: the loop flushes every recipient once per turn, so chunks from several
+    /// senders leave in one vectored write.
+    pub fn queue_shared(&mut self, chunk: Rc<[u8]>) {
+        if self.phase.writes() {
+            self.out.push_shared(chunk);
+        }
     }
 
     /// Register with the poller. Readable only: WRITABLE is added while something is queued.
@@ -221,7 +244,14 @@ impl Connection {
         while self.wants_flush() && left > 0 {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let n = self.out.io_slices(left, &mut slices);
-            match (&self.stream).write_vectored(&slices[..n]) {
+            // One piece (the common case) takes a plain write: the kernel's vectored path
+            // copies the iovec array in first, which is pure overhead for a single buffer.
+            let result = if n == 1 {
+                (&self.stream).write(&slices[0])
+            } else {
+                (&self.stream).write_vectored(&slices[..n])
+            };
+            match result {
                 Ok(0) => {
                     self.step(Event::Abort(AbortReason::Io(io::ErrorKind::WriteZero)));
                 }
@@ -279,6 +309,14 @@ impl Connection {
         if to == Phase::Closed {
             // Nothing queued can ever be sent now; free it at once.
             self.out = OutQueue::new();
+            if let Event::Abort(reason) = event
+                && reason.resets()
+            {
+                // The peer is not reading what we owe it, so a FIN would wait behind those
+                // bytes in the kernel for minutes. SO_LINGER 0 makes close() send a reset and
+                // free the socket's kernel buffers now — which is the point of giving up.
+                let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+            }
         }
     }
 
@@ -301,12 +339,25 @@ impl Connection {
     }
 
     /// The next time a timer must look at this connection: the closing deadline while the
-    /// server is closing it, otherwise the idle deadline (if there is one).
-    pub fn deadline(&self, idle_timeout: Option<Duration>) -> Option<Instant> {
+    /// server is closing it, otherwise the earlier of the idle deadline and the end of the
+    /// grace period over the soft output limit (if any).
+    pub fn deadline(&self, idle_timeout: Option<Duration>, soft_time: Duration) -> Option<Instant> {
         match self.phase {
             Phase::Closed => None,
             p if p.is_closing_actively() => self.closing_deadline,
-            _ => idle_timeout.map(|idle| self.last_active + idle),
+            _ => {
+                let idle = idle_timeout.map(|idle| self.last_active + idle);
+                let soft = self.over_soft_since().map(|since| since + soft_time);
+                idle.into_iter().chain(soft).min()
+            }
+        }
+    }
+
+    /// Since when a broadcast member's output has been over the soft limit, if it is.
+    pub fn over_soft_since(&self) -> Option<Instant> {
+        match &self.session {
+            Session::Broadcast(member) => member.over_soft_since,
+            Session::Echo => None,
         }
     }
 }

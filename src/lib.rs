@@ -1,4 +1,5 @@
-//! resound: TCP echo and UDP echo on one single-threaded mio event loop, written to be read.
+//! resound: TCP echo, TCP broadcast and UDP echo on one single-threaded mio event loop, written
+//! to be read.
 //!
 //! Every connection is an explicit state machine named after TCP's own lifecycle
 //! (ESTABLISHED, CLOSE-WAIT, FIN-WAIT-1, FIN-WAIT-2, CLOSING, CLOSED), and every place where a
@@ -9,14 +10,16 @@
 //! Follow one byte from accept to close by reading the files in this order:
 //!
 //! * `main.rs`, [`cli`]: the `resound` command; parses arguments into a [`Config`].
-//! * [`server`]: the event loop. Tokens, the accept loop, the run queue, timers, graceful
-//!   shutdown and the deferred-close sweep. Decides *when* each socket is served.
+//! * [`server`]: the event loop. Tokens, the accept loop, the run queue, broadcast fan-out and
+//!   output limits, timers, graceful shutdown and the deferred-close sweep. Decides *when* each
+//!   socket is served.
 //! * [`listener`]: binding sockets and accepting clients, including running out of descriptors.
 //! * [`connection`]: one TCP connection — the only code that reads or writes a `TcpStream`.
 //!   Edge-triggered reads, write-through with queueing, backpressure, phase changes.
 //! * [`lifecycle`]: the phases and the rules between them, free of I/O and unit-tested.
 //! * [`outqueue`]: the bytes owed to a peer that its socket would not take yet.
-//! * [`service`]: what each service does with the bytes it gets, free of I/O.
+//! * [`service`]: what each service does with the bytes it gets, free of I/O: echo, and the
+//!   broadcast line framer.
 //! * [`udp`]: the UDP echo socket: no connections, no queue, drops instead of blocking.
 //! * [`timer`]: the lazy deadline queue behind idle and closing timeouts.
 //! * [`shutdown`]: the [`Handle`] that stops a server from another thread.

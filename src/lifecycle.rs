@@ -192,6 +192,21 @@ pub enum AbortReason {
     IdleTimeout,
     /// Graceful shutdown's `--drain-timeout` expired, or a second signal arrived.
     Drain,
+    /// A slow consumer: its output queue passed a limit; the text says which.
+    Evicted(&'static str),
+}
+
+impl AbortReason {
+    /// Should the close be abortive (a reset)? Yes when we give up on a peer that does not read
+    /// what it is owed: an orderly FIN could only be sent after those bytes, so it would keep
+    /// kernel memory for minutes. After an I/O error the socket is dead anyway; at the end of a
+    /// drain the kernel may still deliver what it holds, which is kinder to the peer.
+    pub fn resets(self) -> bool {
+        match self {
+            AbortReason::Evicted(_) | AbortReason::CloseTimeout | AbortReason::IdleTimeout => true,
+            AbortReason::Io(_) | AbortReason::Drain => false,
+        }
+    }
 }
 
 impl fmt::Display for AbortReason {
@@ -201,6 +216,7 @@ impl fmt::Display for AbortReason {
             AbortReason::CloseTimeout => f.write_str("close timeout"),
             AbortReason::IdleTimeout => f.write_str("idle timeout"),
             AbortReason::Drain => f.write_str("drain timeout"),
+            AbortReason::Evicted(why) => write!(f, "evicted: {why}"),
         }
     }
 }

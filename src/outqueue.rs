@@ -56,6 +56,13 @@ impl OutQueue {
         self.len == 0
     }
 
+    /// What the queue costs in memory, roughly: its bytes plus one slot per chunk. Output limits
+    /// are checked against this, so a queue of many tiny shared pieces (each of which costs a
+    /// slot even though its bytes are shared) is bounded too.
+    pub fn footprint(&self) -> usize {
+        self.len + self.chunks.len() * std::mem::size_of::<Chunk>()
+    }
+
     /// Append a copy of `data`.
     pub fn push_copy(&mut self, data: &[u8]) {
         if data.is_empty() {

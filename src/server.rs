@@ -11,9 +11,12 @@
 //! 3. accept new clients (at most [`ACCEPTS_PER_TURN`] per listener), echo UDP datagrams;
 //! 4. visit every connection on the run queue once: flush, read, hand bytes to its service,
 //!    each bounded by [`IO_BUDGET`]. A connection with work left goes back on the queue for the
-//!    next turn — edge-triggered readiness will not remind us;
-//! 5. fire due timers (idle and closing timeouts, the drain deadline, the stats line);
-//! 6. sweep: free the connections that reached CLOSED during this turn. Freeing is deferred to
+//!    next turn — edge-triggered readiness will not remind us. Broadcast lines read in a visit
+//!    are queued (by reference) to every other member of the room;
+//! 5. flush every broadcast recipient that got lines this turn, once, in one vectored write —
+//!    so lines from several senders in one turn cost each recipient one syscall;
+//! 6. fire due timers (idle and closing timeouts, the drain deadline, the stats line);
+//! 7. sweep: free the connections that reached CLOSED during this turn. Freeing is deferred to
 //!    here so a slab slot is never reused while an event for its old owner may still be in the
 //!    batch being processed.
 
@@ -32,7 +35,10 @@ use crate::config::Config;
 use crate::connection::{Connection, ReadOutcome};
 use crate::lifecycle::{AbortReason, CloseReason, Event, Phase};
 use crate::listener::{self, Accepted, Acceptor};
-use crate::service::{ServiceKind, echo};
+use std::rc::Rc;
+
+use crate::service::broadcast::LINE_TOO_LONG;
+use crate::service::{Output, ServiceKind, Session, echo};
 use crate::shutdown::Handle;
 use crate::stats::{Snapshot, Stats};
 use crate::timer::Timers;
@@ -40,6 +46,7 @@ use crate::udp::{self, UdpEcho};
 
 // Fixed sockets get fixed tokens; connections get `FIRST_CONN + slab key`.
 const ECHO_LISTENER: Token = Token(0);
+const BROADCAST_LISTENER: Token = Token(1);
 const UDP_SOCKET: Token = Token(8);
 const SIGNALS: Token = Token(9);
 const WAKER: Token = Token(10);
@@ -113,6 +120,17 @@ struct Core {
     run_queue: Vec<usize>,
     /// Connections that reached CLOSED this turn, freed by the sweep.
     closed: Vec<usize>,
+    /// The broadcast room: every broadcast connection, by slab key. Lines go to the members
+    /// that are ESTABLISHED (a client that half-closed gets what was queued, then EOF).
+    room: Vec<usize>,
+    /// Line batches read during one visit, fanned out once the sender is released.
+    outbox: Vec<(Rc<[u8]>, usize)>,
+    /// Broadcast recipients that got lines this turn and must be flushed before the next poll.
+    flush_list: Vec<usize>,
+    /// During a drain: some broadcast member still has input to read that was received before
+    /// the stop. Until it is read (and its lines queued to everyone), no member is closed, so
+    /// a line acknowledged before the stop reaches every member still connected.
+    bcast_inputs_pending: bool,
     timers: Timers,
     scratch: Box<[u8]>,
     next_id: u64,
@@ -149,17 +167,21 @@ impl Server {
                 )
             }
         };
-        if let Some(addr) = config.echo {
-            let service = ServiceKind::Echo;
+        let tcp_services = [
+            (ServiceKind::Echo, config.echo, ECHO_LISTENER),
+            (ServiceKind::Broadcast, config.broadcast, BROADCAST_LISTENER),
+        ];
+        for (service, addr, token) in tcp_services {
+            let Some(addr) = addr else { continue };
             let mut tcp = listener::bind_tcp(addr).map_err(context(service, addr))?;
-            registry.register(&mut tcp, ECHO_LISTENER, Interest::READABLE)?;
+            registry.register(&mut tcp, token, Interest::READABLE)?;
             bound.push(Bound {
                 service,
                 addr: tcp.local_addr()?,
             });
             listeners.push(Listener {
                 service,
-                token: ECHO_LISTENER,
+                token,
                 acceptor: Acceptor::new(tcp),
                 pending: true,
             });
@@ -205,6 +227,10 @@ impl Server {
                 conns: Slab::new(),
                 run_queue: Vec::new(),
                 closed: Vec::new(),
+                room: Vec::new(),
+                outbox: Vec::new(),
+                flush_list: Vec::new(),
+                bcast_inputs_pending: false,
                 timers: Timers::new(),
                 scratch: vec![0; SCRATCH.max(udp::MAX_DATAGRAM)].into_boxed_slice(),
                 next_id: 1,
@@ -334,6 +360,7 @@ impl Core {
             self.run_queue = queue; // keep the allocation
         }
 
+        self.flush_recipients();
         self.fire_timers();
         self.check_drain();
         self.sweep();
@@ -388,6 +415,10 @@ impl Core {
             return;
         }
         debug!("conn {id} {peer} LISTEN -> ESTABLISHED (accepted on {service})");
+        if let Session::Broadcast(member) = &mut conn.session {
+            member.room_slot = self.room.len();
+            self.room.push(key);
+        }
         entry.insert(conn);
         self.stats.accepted += 1;
         self.after_visit(key, false);
@@ -410,15 +441,19 @@ impl Core {
     /// Step 4 for one connection: flush, read, deliver, each within its budget.
     fn visit(&mut self, key: usize) {
         let max_buffer = self.config.max_buffer;
+        let max_line = self.config.max_line;
         let conn = &mut self.conns[key];
         if conn.phase() == Phase::Closed {
             return;
         }
         let moved_before = conn.bytes_in + conn.bytes_out;
+        let echo = conn.service() == ServiceKind::Echo;
 
         // Write first: it frees queue space, which may lift the read pause below.
         conn.flush(IO_BUDGET);
-        conn.update_flow(max_buffer);
+        if echo {
+            conn.update_flow(max_buffer);
+        }
 
         let mut budget = IO_BUDGET;
         while budget > 0 && conn.wants_read() {
@@ -426,31 +461,110 @@ impl Core {
             match conn.read(&mut self.scratch[..want]) {
                 ReadOutcome::Data(n) => {
                     budget -= n;
-                    if conn.phase().delivers_input() {
-                        let data = &self.scratch[..n];
-                        match conn.service {
-                            ServiceKind::Echo => echo::on_input(data, conn),
-                            ServiceKind::Udp => unreachable!("UDP has no connections"),
-                        }
-                        conn.update_flow(max_buffer);
-                    } else {
+                    let data = &self.scratch[..n];
+                    if !conn.phase().delivers_input() {
                         // A closing phase reads only to find the peer's FIN.
                         conn.discarded += n as u64;
+                        continue;
+                    }
+                    match &mut conn.session {
+                        Session::Echo => {
+                            echo::on_input(data, conn);
+                            conn.update_flow(max_buffer);
+                        }
+                        Session::Broadcast(member) => {
+                            let framed = member.framer.push(data, max_line);
+                            if let Some(lines) = framed.lines {
+                                self.outbox.push((lines, framed.count));
+                            }
+                            if framed.too_long {
+                                conn.send(LINE_TOO_LONG);
+                                conn.step(Event::Close(CloseReason::Protocol("line too long")));
+                            }
+                        }
                     }
                 }
-                ReadOutcome::Eof => conn.step(Event::PeerFin),
+                ReadOutcome::Eof => {
+                    // Nothing a client sent is lost: a last line without "\n" still goes out.
+                    let delivering = conn.phase().delivers_input();
+                    if let Session::Broadcast(member) = &mut conn.session
+                        && delivering
+                        && let Some(line) = member.framer.finish()
+                    {
+                        self.outbox.push((line, 1));
+                    }
+                    conn.step(Event::PeerFin);
+                }
                 ReadOutcome::WouldBlock | ReadOutcome::Failed => {}
             }
         }
 
         // Graceful shutdown closes a connection once it has served what was pending and owes
-        // nothing.
-        if conn.phase() == Phase::Established && conn.is_drained() {
+        // nothing (and, for broadcast, once no member has unread lines that it might owe).
+        if conn.phase() == Phase::Established
+            && conn.is_drained()
+            && (echo || !self.bcast_inputs_pending)
+        {
             conn.step(Event::Close(CloseReason::Shutdown));
         }
         conn.settle();
         let moved = conn.bytes_in + conn.bytes_out != moved_before;
+
+        if !self.outbox.is_empty() {
+            let mut outbox = std::mem::take(&mut self.outbox);
+            for (lines, count) in outbox.drain(..) {
+                self.fan_out(key, lines, count);
+            }
+            self.outbox = outbox;
+        }
         self.after_visit(key, moved);
+    }
+
+    /// Queue a batch of lines from `sender` to every other established member of the room: a
+    /// pointer each, no copy. A recipient whose queue passes the hard limit is evicted on the
+    /// spot: a slow consumer must never slow the sender or the other recipients, nor grow the
+    /// server's memory without bound. The writes happen in [`Core::flush_recipients`].
+    fn fan_out(&mut self, sender: usize, lines: Rc<[u8]>, count: usize) {
+        self.stats.lines_in += count as u64;
+        for &key in &self.room {
+            let conn = &mut self.conns[key];
+            if key == sender || conn.phase() != Phase::Established {
+                continue;
+            }
+            conn.queue_shared(lines.clone());
+            self.stats.lines_out += count as u64;
+            let queued = conn.queue_footprint();
+            if queued > self.config.bcast_hard_limit {
+                warn!(
+                    "conn {} {} evicted: {queued} bytes queued, over the hard limit of {}",
+                    conn.id, conn.peer, self.config.bcast_hard_limit
+                );
+                conn.step(Event::Abort(AbortReason::Evicted(
+                    "output over the hard limit",
+                )));
+                self.stats.evicted += 1;
+            }
+            if !conn.flush_pending {
+                conn.flush_pending = true;
+                self.flush_list.push(key);
+            }
+        }
+    }
+
+    /// Step 5: write out what fan-out queued this turn, one vectored write per recipient.
+    fn flush_recipients(&mut self) {
+        let mut list = std::mem::take(&mut self.flush_list);
+        for &key in &list {
+            let conn = &mut self.conns[key];
+            conn.flush_pending = false;
+            let before = conn.bytes_out;
+            conn.flush(IO_BUDGET);
+            conn.settle();
+            let moved = conn.bytes_out != before;
+            self.after_visit(key, moved);
+        }
+        list.clear();
+        self.flush_list = list;
     }
 
     /// Bookkeeping after anything happened to a connection: activity time, CLOSED, closing
@@ -472,7 +586,16 @@ impl Core {
         if conn.wants_read() || conn.wants_flush() {
             enqueue(&mut self.run_queue, conn, key);
         }
-        if let Some(at) = conn.deadline(self.config.idle_timeout)
+        let footprint = conn.queue_footprint();
+        if let Session::Broadcast(member) = &mut conn.session {
+            // The soft limit's clock runs only while the queue stays over it.
+            if footprint > self.config.bcast_soft_limit {
+                member.over_soft_since.get_or_insert(now);
+            } else {
+                member.over_soft_since = None;
+            }
+        }
+        if let Some(at) = conn.deadline(self.config.idle_timeout, self.config.bcast_soft_time)
             && conn.timer_at.is_none_or(|t| at < t)
         {
             conn.timer_at = Some(at);
@@ -490,12 +613,28 @@ impl Core {
                 continue; // superseded by an earlier entry, or the slot was reused
             }
             conn.timer_at = None;
+            let soft_time = self.config.bcast_soft_time;
             if conn
-                .deadline(self.config.idle_timeout)
+                .deadline(self.config.idle_timeout, soft_time)
                 .is_some_and(|d| d <= self.now)
             {
+                let over_soft = conn
+                    .over_soft_since()
+                    .is_some_and(|since| since + soft_time <= self.now);
                 let event = match conn.phase() {
                     p if p.is_closing_actively() => Event::Abort(AbortReason::CloseTimeout),
+                    _ if over_soft => {
+                        warn!(
+                            "conn {} {} evicted: {} bytes queued, over the soft limit of {} \
+                             for {soft_time:?}",
+                            conn.id,
+                            conn.peer,
+                            conn.queue_footprint(),
+                            self.config.bcast_soft_limit
+                        );
+                        self.stats.evicted += 1;
+                        Event::Abort(AbortReason::Evicted("output over the soft limit"))
+                    }
                     Phase::Established => Event::Close(CloseReason::Idle),
                     // CLOSE-WAIT that made no progress for the idle timeout: the peer reads
                     // nothing of what we owe it. There is no orderly way left.
@@ -527,6 +666,15 @@ impl Core {
                 .is_some_and(|c| c.phase() == Phase::Closed)
             {
                 let conn = self.conns.remove(key);
+                if let Session::Broadcast(member) = &conn.session {
+                    let slot = member.room_slot;
+                    self.room.swap_remove(slot);
+                    if let Some(&moved) = self.room.get(slot)
+                        && let Session::Broadcast(m) = &mut self.conns[moved].session
+                    {
+                        m.room_slot = slot;
+                    }
+                }
                 self.stats.closed += 1;
                 self.stats.bytes_in += conn.bytes_in;
                 self.stats.bytes_out += conn.bytes_out;
@@ -594,15 +742,35 @@ impl Core {
             conn.begin_drain();
             enqueue(&mut self.run_queue, conn, key);
         }
+        self.bcast_inputs_pending = !self.room.is_empty();
     }
 
     fn check_drain(&mut self) {
-        if self.draining_until.is_some_and(|t| t <= self.now) && !self.conns.is_empty() {
+        let Some(until) = self.draining_until else {
+            return;
+        };
+        if until <= self.now && !self.conns.is_empty() {
             warn!(
                 "drain timeout: closing {} connection(s) that did not finish",
                 self.conns.len()
             );
             self.abort_all();
+            return;
+        }
+        if self.bcast_inputs_pending {
+            let conns = &self.conns;
+            let unread = self.room.iter().any(|&key| {
+                let c = &conns[key];
+                c.phase() == Phase::Established && c.read_allowance(1) > 0
+            });
+            if !unread {
+                // Every line received before the stop is queued: members may now close once
+                // they owe nothing. Visit them all so the idle ones do.
+                self.bcast_inputs_pending = false;
+                for &key in &self.room {
+                    enqueue(&mut self.run_queue, &mut self.conns[key], key);
+                }
+            }
         }
     }
 

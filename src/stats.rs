@@ -20,6 +20,12 @@ pub struct Stats {
     /// Of `bytes_in`, bytes read only to find the peer's FIN after the server decided to close
     /// (FIN-WAIT), and so not served. Every other byte read is answered.
     pub discarded: u64,
+    /// Broadcast lines received from senders.
+    pub lines_in: u64,
+    /// Broadcast lines queued to recipients (one line to N recipients counts N).
+    pub lines_out: u64,
+    /// Broadcast clients disconnected for not keeping up with their output.
+    pub evicted: u64,
     /// UDP datagrams received.
     pub udp_in: u64,
     /// UDP datagrams echoed.
@@ -47,13 +53,16 @@ impl fmt::Display for Snapshot {
         write!(
             f,
             " accepted={} rejected={} closed={} bytes_in={} bytes_out={} discarded={} \
-             udp_in={} udp_out={} udp_dropped={}",
+             lines_in={} lines_out={} evicted={} udp_in={} udp_out={} udp_dropped={}",
             s.accepted,
             s.rejected,
             s.closed,
             s.bytes_in,
             s.bytes_out,
             s.discarded,
+            s.lines_in,
+            s.lines_out,
+            s.evicted,
             s.udp_in,
             s.udp_out,
             s.udp_dropped
@@ -78,7 +87,7 @@ mod tests {
         assert_eq!(
             snap.to_string(),
             "conns=2 ESTABLISHED=1 CLOSE-WAIT=0 FIN-WAIT-1=0 FIN-WAIT-2=1 CLOSING=0 \
-             accepted=3 rejected=0 closed=1 bytes_in=0 bytes_out=0 discarded=0 udp_in=0 udp_out=0 udp_dropped=0"
+             accepted=3 rejected=0 closed=1 bytes_in=0 bytes_out=0 discarded=0 lines_in=0 lines_out=0 evicted=0 udp_in=0 udp_out=0 udp_dropped=0"
         );
     }
 }

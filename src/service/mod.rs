@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+pub mod broadcast;
 pub mod echo;
 
 /// Where a service puts the bytes it owes its client. The connection implements it (write now,
@@ -23,6 +24,8 @@ impl Output for Vec<u8> {
 pub enum ServiceKind {
     /// TCP echo.
     Echo,
+    /// TCP line broadcast (chat).
+    Broadcast,
     /// UDP echo.
     Udp,
 }
@@ -31,7 +34,7 @@ impl ServiceKind {
     /// The transport: "tcp" or "udp".
     pub fn proto(self) -> &'static str {
         match self {
-            ServiceKind::Echo => "tcp",
+            ServiceKind::Echo | ServiceKind::Broadcast => "tcp",
             ServiceKind::Udp => "udp",
         }
     }
@@ -41,7 +44,33 @@ impl fmt::Display for ServiceKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             ServiceKind::Echo => "echo",
+            ServiceKind::Broadcast => "broadcast",
             ServiceKind::Udp => "udp",
         })
+    }
+}
+
+/// The per-connection state of the service a TCP connection belongs to.
+#[derive(Debug)]
+pub enum Session {
+    /// Echo keeps no state.
+    Echo,
+    Broadcast(broadcast::Member),
+}
+
+impl Session {
+    pub fn new(kind: ServiceKind) -> Session {
+        match kind {
+            ServiceKind::Echo => Session::Echo,
+            ServiceKind::Broadcast => Session::Broadcast(broadcast::Member::default()),
+            ServiceKind::Udp => unreachable!("UDP has no connections"),
+        }
+    }
+
+    pub fn kind(&self) -> ServiceKind {
+        match self {
+            Session::Echo => ServiceKind::Echo,
+            Session::Broadcast(_) => ServiceKind::Broadcast,
+        }
     }
 }

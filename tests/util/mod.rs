@@ -287,3 +287,40 @@ pub fn write_nonblocking(stream: &mut TcpStream, data: &[u8]) -> usize {
     }
     done
 }
+
+/// Wait until the peer reset or fully closed `stream` (POLLERR/POLLHUP), ignoring unread data;
+/// true if it did within `timeout`.
+pub fn wait_hangup(stream: &TcpStream, timeout: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: 0, // POLLERR and POLLHUP are always reported; nothing else is asked for
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+    n > 0
+}
+
+/// Connect `n` clients to the broadcast service at `addr` and make sure the server has admitted
+/// every one before returning: each newcomer sends `join K` and every earlier client must
+/// receive it (a line can only reach members, and only members' lines are read). Those join
+/// lines are consumed here.
+pub fn join_room(addr: SocketAddr, n: usize) -> Vec<BufReader<TcpStream>> {
+    let mut room: Vec<BufReader<TcpStream>> = Vec::new();
+    for k in 0..n {
+        let mut newcomer = connect(addr);
+        if k > 0 {
+            newcomer
+                .write_all(format!("join {k}\n").as_bytes())
+                .unwrap();
+            for member in &mut room {
+                let mut line = String::new();
+                member.read_line(&mut line).unwrap();
+                assert_eq!(line, format!("join {k}\n"));
+            }
+        }
+        room.push(BufReader::new(newcomer));
+    }
+    room
+}
