@@ -3,6 +3,7 @@
 //! value parsers (addresses, sizes, seconds) are here.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -13,7 +14,8 @@ use crate::config::{self, Config};
 #[command(
     name = "resound",
     version,
-    about = "A single-threaded mio event loop serving TCP echo, TCP broadcast and UDP echo.",
+    about = "A single-threaded mio event loop serving TCP echo, TCP broadcast, file transfer \
+             and UDP echo.",
     long_about = None,
     arg_required_else_help = true
 )]
@@ -26,13 +28,42 @@ pub struct Cli {
 pub enum Command {
     /// Run the servers (all of them on their default addresses if none is named).
     Serve(ServeArgs),
+    /// Send a file to a files service; exits 0 only when the server confirms every byte.
+    Send(SendArgs),
 }
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
-With none of --echo/--broadcast/--udp given, every service starts on its default address:
-echo 127.0.0.1:7000 (tcp), broadcast 127.0.0.1:7001 (tcp), udp 127.0.0.1:7000.
-Name any of them and only those start.
+Speaks the framed form of the protocol: '<SIZE> <NAME>\\n', wait for 'ok', stream the
+content, half-close, then read 'done <BYTES> <SHA256>'. Exit status: 0 when that line matches
+what was sent; 1 on any failure (the message says what happened); 2 on a usage error.
+A progress bar is drawn when stdout is a terminal.")]
+pub struct SendArgs {
+    /// The file to send.
+    pub file: PathBuf,
+
+    /// The files service's address.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr, default_value = "127.0.0.1:7002")]
+    pub to: SocketAddr,
+
+    /// Store the file under this name instead of its own base name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// How long to wait to connect and for each reply of the server.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
+    pub timeout: Duration,
+
+    /// No progress bar, even on a terminal.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+With none of --echo/--broadcast/--files/--udp given, every service starts on its default
+address: echo 127.0.0.1:7000 (tcp), broadcast 127.0.0.1:7001 (tcp), files 127.0.0.1:7002 (tcp),
+udp 127.0.0.1:7000. Name any of them and only those start.
 Port 0 picks a free port. Each bound socket is printed on stdout as
 `listening <service> <tcp|udp> <ip:port>`.
 
@@ -47,9 +78,29 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub broadcast: Option<SocketAddr>,
 
+    /// File transfer: receive files into --dir (send them with `resound send`).
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub files: Option<SocketAddr>,
+
     /// UDP echo: every datagram back to its sender.
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub udp: Option<SocketAddr>,
+
+    /// Where received files are stored (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "./received")]
+    pub dir: PathBuf,
+
+    /// Largest file accepted; a larger declared size is refused at once.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "4g")]
+    pub max_file_size: usize,
+
+    /// A file transfer's header must arrive within SECS of the connect.
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs, default_value = "10")]
+    pub header_timeout: Duration,
+
+    /// A file transfer that receives nothing for SECS is abandoned (nothing is stored).
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs, default_value = "60")]
+    pub transfer_timeout: Duration,
 
     /// Clients served at once; past it a client gets "error: too many connections" and is
     /// closed [default: the descriptor limit minus 32]
@@ -95,15 +146,23 @@ impl ServeArgs {
     /// The server configuration these arguments describe.
     pub fn into_config(self) -> Config {
         let mut config = Config::default();
-        if self.echo.is_none() && self.broadcast.is_none() && self.udp.is_none() {
-            config.echo = Some(config::DEFAULT_ECHO.parse().expect("valid default"));
-            config.broadcast = Some(config::DEFAULT_BROADCAST.parse().expect("valid default"));
-            config.udp = Some(config::DEFAULT_UDP.parse().expect("valid default"));
+        let named = [self.echo, self.broadcast, self.files, self.udp];
+        if named.iter().all(Option::is_none) {
+            let default = |addr: &str| Some(addr.parse().expect("valid default"));
+            config.echo = default(config::DEFAULT_ECHO);
+            config.broadcast = default(config::DEFAULT_BROADCAST);
+            config.files = default(config::DEFAULT_FILES);
+            config.udp = default(config::DEFAULT_UDP);
         } else {
             config.echo = self.echo;
             config.broadcast = self.broadcast;
+            config.files = self.files;
             config.udp = self.udp;
         }
+        config.dir = self.dir;
+        config.max_file_size = self.max_file_size as u64;
+        config.header_timeout = self.header_timeout;
+        config.transfer_timeout = self.transfer_timeout;
         if let Some(n) = self.max_conns {
             config.max_conns = n;
         }
@@ -177,6 +236,15 @@ fn parse_scaled(s: &str, unit: usize) -> Result<usize, String> {
         .ok_or_else(|| format!("'{s}' is too large"))
 }
 
+/// Seconds, more than zero.
+pub fn parse_positive_secs(s: &str) -> Result<Duration, String> {
+    let d = parse_secs(s)?;
+    if d.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(d)
+}
+
 /// Seconds, possibly fractional: `5`, `0.5`. Zero is allowed (callers read it as "off").
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
@@ -240,11 +308,15 @@ mod tests {
     #[test]
     fn test_no_service_named_means_all_defaults() {
         let cli = Cli::try_parse_from(["resound", "serve"]).unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
         let config = args.into_config();
         assert_eq!(config.echo, Some("127.0.0.1:7000".parse().unwrap()));
         assert_eq!(config.broadcast, Some("127.0.0.1:7001".parse().unwrap()));
+        assert_eq!(config.files, Some("127.0.0.1:7002".parse().unwrap()));
         assert_eq!(config.udp, Some("127.0.0.1:7000".parse().unwrap()));
+        assert_eq!(config.dir, PathBuf::from("./received"));
         assert_eq!(config.max_buffer, 1 << 20);
         assert_eq!(config.max_line, 64 << 10);
         assert_eq!(config.idle_timeout, None);
@@ -253,7 +325,9 @@ mod tests {
     #[test]
     fn test_naming_one_service_starts_only_that_one() {
         let cli = Cli::try_parse_from(["resound", "serve", "--udp", "127.0.0.1:0"]).unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
         let config = args.into_config();
         assert_eq!(config.echo, None);
         assert_eq!(config.broadcast, None);

@@ -2,11 +2,15 @@
 //! these; tests build one directly and bind to port 0.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::service::files::Limits;
 
 /// Default addresses, used when no service is named on the command line.
 pub const DEFAULT_ECHO: &str = "127.0.0.1:7000";
 pub const DEFAULT_BROADCAST: &str = "127.0.0.1:7001";
+pub const DEFAULT_FILES: &str = "127.0.0.1:7002";
 pub const DEFAULT_UDP: &str = "127.0.0.1:7000";
 
 /// How many file descriptors `--max-conns` leaves for everything that is not a client: the
@@ -20,8 +24,18 @@ pub struct Config {
     pub echo: Option<SocketAddr>,
     /// TCP line broadcast listener (`--broadcast`).
     pub broadcast: Option<SocketAddr>,
+    /// File receiving listener (`--files`).
+    pub files: Option<SocketAddr>,
     /// UDP echo socket (`--udp`).
     pub udp: Option<SocketAddr>,
+    /// Where received files are stored (`--dir`); created if missing.
+    pub dir: PathBuf,
+    /// Largest file accepted (`--max-file-size`).
+    pub max_file_size: u64,
+    /// A file transfer's header must arrive within this time (`--header-timeout`).
+    pub header_timeout: Duration,
+    /// A file transfer with no byte for this long is abandoned (`--transfer-timeout`).
+    pub transfer_timeout: Duration,
     /// Clients served at once (`--max-conns`); past it a client is told so and closed.
     pub max_conns: usize,
     /// Close a connection with no byte in or out for this long (`--idle-timeout`; None = never).
@@ -57,7 +71,12 @@ impl Default for Config {
         Config {
             echo: None,
             broadcast: None,
+            files: None,
             udp: None,
+            dir: PathBuf::from("received"),
+            max_file_size: 4 << 30,
+            header_timeout: Duration::from_secs(10),
+            transfer_timeout: Duration::from_secs(60),
             max_conns: default_max_conns(),
             idle_timeout: None,
             max_buffer: 1024 * 1024,
@@ -69,6 +88,17 @@ impl Default for Config {
             stats_interval: None,
             close_timeout: Duration::from_secs(5),
             handle_signals: false,
+        }
+    }
+}
+
+impl Config {
+    /// The limits the files service holds each transfer to.
+    pub fn file_limits(&self) -> Limits {
+        Limits {
+            max_file_size: self.max_file_size,
+            header_timeout: self.header_timeout,
+            transfer_timeout: self.transfer_timeout,
         }
     }
 }

@@ -16,6 +16,7 @@ use log::debug;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
+use crate::config::Config;
 use crate::lifecycle::{AbortReason, Event, Phase};
 use crate::outqueue::OutQueue;
 use crate::service::{Output, ServiceKind, Session};
@@ -95,7 +96,7 @@ impl Connection {
         Connection {
             id,
             peer,
-            session: Session::new(service),
+            session: Session::new(service, now),
             stream,
             phase: Phase::Established,
             out: OutQueue::new(),
@@ -167,12 +168,19 @@ impl Connection {
     /// arrives later. Without this bound a client that streams without pause would hold the
     /// drain until its timeout.
     pub fn begin_drain(&mut self) {
+        self.read_ready = true;
+        if let Session::Files(transfer) = &self.session
+            && transfer.is_receiving()
+        {
+            // A file in mid-transfer is allowed to finish (within the drain timeout): cutting
+            // it would only make the sender start over.
+            return;
+        }
         let mut pending: libc::c_int = 0;
         // SAFETY: FIONREAD writes one int: the bytes waiting in the socket's receive queue.
         let rc = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::FIONREAD, &mut pending) };
         let pending = if rc == 0 { pending.max(0) as u64 } else { 0 };
         self.drain_limit = Some(self.bytes_in + pending);
-        self.read_ready = true;
     }
 
     /// How many bytes the next read may take, at most `max`: during a drain, no more than the
@@ -339,16 +347,22 @@ impl Connection {
     }
 
     /// The next time a timer must look at this connection: the closing deadline while the
-    /// server is closing it, otherwise the earlier of the idle deadline and the end of the
-    /// grace period over the soft output limit (if any).
-    pub fn deadline(&self, idle_timeout: Option<Duration>, soft_time: Duration) -> Option<Instant> {
+    /// server is closing it; otherwise the earliest of the idle deadline, the end of the grace
+    /// period over the soft output limit, and the service's own deadline (file transfers).
+    pub fn deadline(&self, config: &Config) -> Option<Instant> {
         match self.phase {
             Phase::Closed => None,
             p if p.is_closing_actively() => self.closing_deadline,
             _ => {
-                let idle = idle_timeout.map(|idle| self.last_active + idle);
-                let soft = self.over_soft_since().map(|since| since + soft_time);
-                idle.into_iter().chain(soft).min()
+                let idle = config.idle_timeout.map(|idle| self.last_active + idle);
+                let soft = self
+                    .over_soft_since()
+                    .map(|since| since + config.bcast_soft_time);
+                let service = match &self.session {
+                    Session::Files(transfer) => transfer.deadline(&config.file_limits()),
+                    Session::Echo | Session::Broadcast(_) => None,
+                };
+                idle.into_iter().chain(soft).chain(service).min()
             }
         }
     }
@@ -357,7 +371,7 @@ impl Connection {
     pub fn over_soft_since(&self) -> Option<Instant> {
         match &self.session {
             Session::Broadcast(member) => member.over_soft_since,
-            Session::Echo => None,
+            Session::Echo | Session::Files(_) => None,
         }
     }
 }

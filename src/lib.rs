@@ -1,5 +1,5 @@
-//! resound: TCP echo, TCP broadcast and UDP echo on one single-threaded mio event loop, written
-//! to be read.
+//! resound: TCP echo, TCP broadcast, file transfer and UDP echo on one single-threaded mio event
+//! loop, written to be read.
 //!
 //! Every connection is an explicit state machine named after TCP's own lifecycle
 //! (ESTABLISHED, CLOSE-WAIT, FIN-WAIT-1, FIN-WAIT-2, CLOSING, CLOSED), and every place where a
@@ -10,6 +10,7 @@
 //! Follow one byte from accept to close by reading the files in this order:
 //!
 //! * `main.rs`, [`cli`]: the `resound` command; parses arguments into a [`Config`].
+//! * [`send`]: `resound send`, the blocking client that sends a file and checks its receipt.
 //! * [`server`]: the event loop. Tokens, the accept loop, the run queue, broadcast fan-out and
 //!   output limits, timers, graceful shutdown and the deferred-close sweep. Decides *when* each
 //!   socket is served.
@@ -18,8 +19,9 @@
 //!   Edge-triggered reads, write-through with queueing, backpressure, phase changes.
 //! * [`lifecycle`]: the phases and the rules between them, free of I/O and unit-tested.
 //! * [`outqueue`]: the bytes owed to a peer that its socket would not take yet.
-//! * [`service`]: what each service does with the bytes it gets, free of I/O: echo, and the
-//!   broadcast line framer.
+//! * [`service`]: what each service does with the bytes it gets: echo, the broadcast line
+//!   framer, the file-transfer header parser and transfer state machine.
+//! * [`storage`]: the receiving directory: temporaries, no-replace renames, cleanup.
 //! * [`udp`]: the UDP echo socket: no connections, no queue, drops instead of blocking.
 //! * [`timer`]: the lazy deadline queue behind idle and closing timeouts.
 //! * [`shutdown`]: the [`Handle`] that stops a server from another thread.
@@ -54,10 +56,12 @@ pub mod connection;
 pub mod lifecycle;
 pub mod listener;
 pub mod outqueue;
+pub mod send;
 pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod stats;
+pub mod storage;
 pub mod timer;
 pub mod udp;
 

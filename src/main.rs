@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use log::error;
 use resound::Server;
-use resound::cli::{Cli, Command, ServeArgs};
+use resound::cli::{Cli, Command, SendArgs, ServeArgs};
+use resound::send::{self, SendOptions};
 
 fn main() -> ExitCode {
     // Usage errors exit with status 2 inside `parse`, with clap's message on stderr.
@@ -14,10 +15,35 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Send(args) => send(args),
+    }
+}
+
+fn send(args: SendArgs) -> ExitCode {
+    let opts = SendOptions {
+        file: &args.file,
+        to: args.to,
+        name: args.name.as_deref(),
+        timeout: args.timeout,
+        progress: !args.quiet && send::stdout_is_terminal(),
+    };
+    match send::send(&opts) {
+        Ok(sent) => {
+            println!("{sent}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("resound send: {}: {e}", args.file.display());
+            ExitCode::FAILURE
+        }
     }
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
+    // A write past RLIMIT_FSIZE raises SIGXFSZ, whose default action kills the process. Ignored,
+    // the write fails with EFBIG instead, and the one transfer that hit it is refused.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let server = match Server::bind(args.into_config()) {
         Ok(server) => server,
         Err(e) => {

@@ -38,15 +38,18 @@ use crate::listener::{self, Accepted, Acceptor};
 use std::rc::Rc;
 
 use crate::service::broadcast::LINE_TOO_LONG;
+use crate::service::files::Outcome;
 use crate::service::{Output, ServiceKind, Session, echo};
 use crate::shutdown::Handle;
 use crate::stats::{Snapshot, Stats};
+use crate::storage::Store;
 use crate::timer::Timers;
 use crate::udp::{self, UdpEcho};
 
 // Fixed sockets get fixed tokens; connections get `FIRST_CONN + slab key`.
 const ECHO_LISTENER: Token = Token(0);
 const BROADCAST_LISTENER: Token = Token(1);
+const FILES_LISTENER: Token = Token(2);
 const UDP_SOCKET: Token = Token(8);
 const SIGNALS: Token = Token(9);
 const WAKER: Token = Token(10);
@@ -113,6 +116,8 @@ struct Core {
     config: Config,
     listeners: Vec<Listener>,
     udp: Option<UdpEcho>,
+    /// The receiving directory, if the files service runs.
+    store: Option<Store>,
     bound: Vec<Bound>,
 
     conns: Slab<Connection>,
@@ -170,6 +175,7 @@ impl Server {
         let tcp_services = [
             (ServiceKind::Echo, config.echo, ECHO_LISTENER),
             (ServiceKind::Broadcast, config.broadcast, BROADCAST_LISTENER),
+            (ServiceKind::Files, config.files, FILES_LISTENER),
         ];
         for (service, addr, token) in tcp_services {
             let Some(addr) = addr else { continue };
@@ -205,6 +211,15 @@ impl Server {
                 "no service configured",
             ));
         }
+        let store = match config.files {
+            Some(_) => Some(Store::open(&config.dir).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot use directory {}: {e}", config.dir.display()),
+                )
+            })?),
+            None => None,
+        };
         let signals = if config.handle_signals {
             let mut signals = Signals::new([SIGINT, SIGTERM])?;
             registry.register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -223,6 +238,7 @@ impl Server {
                 config,
                 listeners,
                 udp,
+                store,
                 bound,
                 conns: Slab::new(),
                 run_queue: Vec::new(),
@@ -442,6 +458,8 @@ impl Core {
     fn visit(&mut self, key: usize) {
         let max_buffer = self.config.max_buffer;
         let max_line = self.config.max_line;
+        let limits = self.config.file_limits();
+        let now = self.now;
         let conn = &mut self.conns[key];
         if conn.phase() == Phase::Closed {
             return;
@@ -482,16 +500,28 @@ impl Core {
                                 conn.step(Event::Close(CloseReason::Protocol("line too long")));
                             }
                         }
+                        Session::Files(transfer) => {
+                            let store = self.store.as_mut().expect("files service has a store");
+                            let outcome = transfer.on_input(data, now, store, &limits);
+                            apply_files(conn, outcome, &mut self.stats);
+                        }
                     }
                 }
                 ReadOutcome::Eof => {
                     // Nothing a client sent is lost: a last line without "\n" still goes out.
-                    let delivering = conn.phase().delivers_input();
-                    if let Session::Broadcast(member) = &mut conn.session
-                        && delivering
-                        && let Some(line) = member.framer.finish()
-                    {
-                        self.outbox.push((line, 1));
+                    if conn.phase().delivers_input() {
+                        match &mut conn.session {
+                            Session::Echo => {}
+                            Session::Broadcast(member) => {
+                                if let Some(line) = member.framer.finish() {
+                                    self.outbox.push((line, 1));
+                                }
+                            }
+                            Session::Files(transfer) => {
+                                let outcome = transfer.on_eof();
+                                apply_files(conn, outcome, &mut self.stats);
+                            }
+                        }
                     }
                     conn.step(Event::PeerFin);
                 }
@@ -505,6 +535,10 @@ impl Core {
             && conn.is_drained()
             && (echo || !self.bcast_inputs_pending)
         {
+            if conn.service() == ServiceKind::Files {
+                // A client still sending its header is waiting for a reply: give it one.
+                conn.send(b"error: server shutting down\n");
+            }
             conn.step(Event::Close(CloseReason::Shutdown));
         }
         conn.settle();
@@ -595,7 +629,7 @@ impl Core {
                 member.over_soft_since = None;
             }
         }
-        if let Some(at) = conn.deadline(self.config.idle_timeout, self.config.bcast_soft_time)
+        if let Some(at) = conn.deadline(&self.config)
             && conn.timer_at.is_none_or(|t| at < t)
         {
             conn.timer_at = Some(at);
@@ -613,37 +647,55 @@ impl Core {
                 continue; // superseded by an earlier entry, or the slot was reused
             }
             conn.timer_at = None;
-            let soft_time = self.config.bcast_soft_time;
-            if conn
-                .deadline(self.config.idle_timeout, soft_time)
-                .is_some_and(|d| d <= self.now)
-            {
-                let over_soft = conn
+            let now = self.now;
+            let moved_before = conn.bytes_in + conn.bytes_out;
+            if conn.phase().is_closing_actively() {
+                if conn.closing_deadline.is_some_and(|d| d <= now) {
+                    conn.step(Event::Abort(AbortReason::CloseTimeout));
+                }
+            } else {
+                let soft_time = self.config.bcast_soft_time;
+                let limits = self.config.file_limits();
+                if conn
                     .over_soft_since()
-                    .is_some_and(|since| since + soft_time <= self.now);
-                let event = match conn.phase() {
-                    p if p.is_closing_actively() => Event::Abort(AbortReason::CloseTimeout),
-                    _ if over_soft => {
-                        warn!(
-                            "conn {} {} evicted: {} bytes queued, over the soft limit of {} \
-                             for {soft_time:?}",
-                            conn.id,
-                            conn.peer,
-                            conn.queue_footprint(),
-                            self.config.bcast_soft_limit
-                        );
-                        self.stats.evicted += 1;
-                        Event::Abort(AbortReason::Evicted("output over the soft limit"))
-                    }
-                    Phase::Established => Event::Close(CloseReason::Idle),
-                    // CLOSE-WAIT that made no progress for the idle timeout: the peer reads
-                    // nothing of what we owe it. There is no orderly way left.
-                    _ => Event::Abort(AbortReason::IdleTimeout),
-                };
-                conn.step(event);
+                    .is_some_and(|since| since + soft_time <= now)
+                {
+                    warn!(
+                        "conn {} {} evicted: {} bytes queued, over the soft limit of {} \
+                         for {soft_time:?}",
+                        conn.id,
+                        conn.peer,
+                        conn.queue_footprint(),
+                        self.config.bcast_soft_limit
+                    );
+                    self.stats.evicted += 1;
+                    conn.step(Event::Abort(AbortReason::Evicted(
+                        "output over the soft limit",
+                    )));
+                } else if let Session::Files(transfer) = &mut conn.session
+                    && transfer.deadline(&limits).is_some_and(|d| d <= now)
+                {
+                    let store = self.store.as_mut().expect("files service has a store");
+                    let outcome = transfer.on_timer(now, store, &limits);
+                    apply_files(conn, outcome, &mut self.stats);
+                }
+                if self
+                    .config
+                    .idle_timeout
+                    .is_some_and(|idle| conn.last_active + idle <= now)
+                {
+                    let event = match conn.phase() {
+                        Phase::Established => Event::Close(CloseReason::Idle),
+                        // CLOSE-WAIT that made no progress for the idle timeout: the peer
+                        // reads nothing of what we owe it. There is no orderly way left.
+                        _ => Event::Abort(AbortReason::IdleTimeout),
+                    };
+                    conn.step(event);
+                }
                 conn.settle();
             }
-            self.after_visit(key, false);
+            let moved = conn.bytes_in + conn.bytes_out != moved_before;
+            self.after_visit(key, moved);
         }
 
         if let Some(at) = self.next_stats
@@ -815,6 +867,31 @@ impl Core {
         let snapshot = self.snapshot();
         info!("stopped; totals: {snapshot}");
         snapshot.totals
+    }
+}
+
+/// Carry out what the files service decided for a connection.
+fn apply_files(conn: &mut Connection, outcome: Outcome, stats: &mut Stats) {
+    match outcome {
+        Outcome::Continue => {}
+        Outcome::Reply(bytes) => conn.send(bytes),
+        Outcome::Done { line, name, bytes } => {
+            info!(
+                "conn {} {} stored {name:?} ({bytes} bytes)",
+                conn.id, conn.peer
+            );
+            stats.files_stored += 1;
+            conn.send(line.as_bytes());
+        }
+        Outcome::Refuse(reason) => {
+            info!(
+                "conn {} {} file transfer refused: {reason}",
+                conn.id, conn.peer
+            );
+            stats.files_refused += 1;
+            conn.send(format!("error: {reason}\n").as_bytes());
+            conn.step(Event::Close(CloseReason::Protocol("file transfer refused")));
+        }
     }
 }
 

@@ -26,6 +26,10 @@ pub struct Stats {
     pub lines_out: u64,
     /// Broadcast clients disconnected for not keeping up with their output.
     pub evicted: u64,
+    /// Files received and stored.
+    pub files_stored: u64,
+    /// File transfers refused or failed (bad name, exists, too large, short, timeout, disk).
+    pub files_refused: u64,
     /// UDP datagrams received.
     pub udp_in: u64,
     /// UDP datagrams echoed.
@@ -53,7 +57,8 @@ impl fmt::Display for Snapshot {
         write!(
             f,
             " accepted={} rejected={} closed={} bytes_in={} bytes_out={} discarded={} \
-             lines_in={} lines_out={} evicted={} udp_in={} udp_out={} udp_dropped={}",
+             lines_in={} lines_out={} evicted={} files_stored={} files_refused={} \
+             udp_in={} udp_out={} udp_dropped={}",
             s.accepted,
             s.rejected,
             s.closed,
@@ -63,6 +68,8 @@ impl fmt::Display for Snapshot {
             s.lines_in,
             s.lines_out,
             s.evicted,
+            s.files_stored,
+            s.files_refused,
             s.udp_in,
             s.udp_out,
             s.udp_dropped
@@ -87,7 +94,7 @@ mod tests {
         assert_eq!(
             snap.to_string(),
             "conns=2 ESTABLISHED=1 CLOSE-WAIT=0 FIN-WAIT-1=0 FIN-WAIT-2=1 CLOSING=0 \
-             accepted=3 rejected=0 closed=1 bytes_in=0 bytes_out=0 discarded=0 lines_in=0 lines_out=0 evicted=0 udp_in=0 udp_out=0 udp_dropped=0"
+             accepted=3 rejected=0 closed=1 bytes_in=0 bytes_out=0 discarded=0 lines_in=0 lines_out=0 evicted=0 files_stored=0 files_refused=0 udp_in=0 udp_out=0 udp_dropped=0"
         );
     }
 }

@@ -19,6 +19,9 @@ fn bad_flags_exit_2_with_a_message() {
         (&["serve", "--max-conns", "-3"], "-3"),
         (&["serve", "--idle-timeout", "-1"], "-1"),
         (&["serve", "--drain-timeout", "soon"], "soon"),
+        (&["serve", "--header-timeout", "0"], "more than 0"),
+        (&["send"], "FILE"),
+        (&["send", "x", "--to", "nowhere"], "nowhere"),
         (&["frobnicate"], "frobnicate"),
         (&[], "Usage"),
     ];
@@ -40,6 +43,16 @@ fn help_documents_every_flag() {
     let help = String::from_utf8(out.stdout).unwrap();
     for flag in [
         "--echo",
+        "--broadcast",
+        "--files",
+        "--dir",
+        "--max-file-size",
+        "--header-timeout",
+        "--transfer-timeout",
+        "--max-line",
+        "--bcast-hard-limit",
+        "--bcast-soft-limit",
+        "--bcast-soft-time",
         "--udp",
         "--max-conns",
         "--idle-timeout",
@@ -55,13 +68,29 @@ fn help_documents_every_flag() {
 /// printed addresses serve.
 #[test]
 fn listening_lines_name_each_bound_socket() {
-    let mut server = ServerProcess::start(&["--echo", "127.0.0.1:0", "--udp", "127.0.0.1:0"], 2);
+    let dir = std::env::temp_dir().join(format!("resound-cli-{}", std::process::id()));
+    let mut server = ServerProcess::start(
+        &[
+            "--echo",
+            "127.0.0.1:0",
+            "--broadcast",
+            "127.0.0.1:0",
+            "--files",
+            "127.0.0.1:0",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--udp",
+            "127.0.0.1:0",
+        ],
+        4,
+    );
     let kinds: Vec<_> = server
         .bound
         .iter()
         .map(|(s, p, _)| format!("{s} {p}"))
         .collect();
-    assert_eq!(kinds, ["echo tcp", "udp udp"]);
+    assert_eq!(kinds, ["echo tcp", "broadcast tcp", "files tcp", "udp udp"]);
+    assert!(dir.join(".resound-partial").is_dir(), "--dir is created");
     assert!(server.bound.iter().all(|(_, _, a)| a.port() != 0));
 
     let mut c = connect(server.addr("echo"));
@@ -71,6 +100,7 @@ fn listening_lines_name_each_bound_socket() {
     drop(c);
     server.signal(libc::SIGINT);
     assert!(server.wait().success());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A port that is taken is a clear error and exit status 1 (not a usage error).

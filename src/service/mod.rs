@@ -3,9 +3,11 @@
 //! (`server.rs`) and the connection (`connection.rs`) do the I/O.
 
 use std::fmt;
+use std::time::Instant;
 
 pub mod broadcast;
 pub mod echo;
+pub mod files;
 
 /// Where a service puts the bytes it owes its client. The connection implements it (write now,
 /// or queue what the socket will not take); tests use a `Vec<u8>`.
@@ -26,6 +28,8 @@ pub enum ServiceKind {
     Echo,
     /// TCP line broadcast (chat).
     Broadcast,
+    /// File transfer, receiving side.
+    Files,
     /// UDP echo.
     Udp,
 }
@@ -34,7 +38,7 @@ impl ServiceKind {
     /// The transport: "tcp" or "udp".
     pub fn proto(self) -> &'static str {
         match self {
-            ServiceKind::Echo | ServiceKind::Broadcast => "tcp",
+            ServiceKind::Echo | ServiceKind::Broadcast | ServiceKind::Files => "tcp",
             ServiceKind::Udp => "udp",
         }
     }
@@ -45,24 +49,28 @@ impl fmt::Display for ServiceKind {
         f.write_str(match self {
             ServiceKind::Echo => "echo",
             ServiceKind::Broadcast => "broadcast",
+            ServiceKind::Files => "files",
             ServiceKind::Udp => "udp",
         })
     }
 }
 
 /// The per-connection state of the service a TCP connection belongs to.
-#[derive(Debug)]
 pub enum Session {
     /// Echo keeps no state.
     Echo,
     Broadcast(broadcast::Member),
+    /// Boxed: a transfer's state (hasher, file, header) is larger than everything else a
+    /// connection holds, and only file connections should pay for it.
+    Files(Box<files::Transfer>),
 }
 
 impl Session {
-    pub fn new(kind: ServiceKind) -> Session {
+    pub fn new(kind: ServiceKind, now: Instant) -> Session {
         match kind {
             ServiceKind::Echo => Session::Echo,
             ServiceKind::Broadcast => Session::Broadcast(broadcast::Member::default()),
+            ServiceKind::Files => Session::Files(Box::new(files::Transfer::new(now))),
             ServiceKind::Udp => unreachable!("UDP has no connections"),
         }
     }
@@ -71,6 +79,7 @@ impl Session {
         match self {
             Session::Echo => ServiceKind::Echo,
             Session::Broadcast(_) => ServiceKind::Broadcast,
+            Session::Files(_) => ServiceKind::Files,
         }
     }
 }

@@ -113,11 +113,17 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Start the binary and wait for its `listening` lines (one per socket in `expect`).
+    /// Start `resound serve ARGS` and wait for its `listening` lines (one per socket in
+    /// `expect`).
     pub fn start(args: &[&str], expect: usize) -> ServerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_resound"))
-            .arg("serve")
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_resound"));
+        cmd.arg("serve").args(args);
+        ServerProcess::start_command(cmd, expect)
+    }
+
+    /// Start a prepared `resound serve` command (e.g. with resource limits).
+    pub fn start_command(mut cmd: Command, expect: usize) -> ServerProcess {
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

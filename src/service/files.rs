@@ -1,0 +1,794 @@
+//! File transfer, receiving side: the seeds' protocol, made safe.
+//!
+//! ```text
+//! client                                     server
+//!   name            (seed form: no newline)    ─┐  header: the name, or "<SIZE> <NAME>\n"
+//!   "<SIZE> <NAME>\n" (framed form)            ─┘
+//!                                            <─  "ok"  (exactly two bytes), or "error: ...\n"
+//!   content ... then close / half-close       ─>
+//!                                            <─  "done <BYTES> <SHA256-hex>\n", or "error: ...\n"
+//! ```
+//!
+//! The seeds' Go sender writes the bare name and waits for "ok"; with no delimiter, the only
+//! sign that the name is complete is that the sender goes quiet. resound's own sender uses the
+//! framed header, which carries the size, so that a transfer cut short — even by an orderly
+//! close — is detected, and a newline, so that the header's end is explicit.
+//!
+//! Telling the two apart without ever misreading a header split across TCP segments:
+//! * a line ending in `\n` is a framed header;
+//! * bytes that could still become a framed header (digits, then a space and more) wait for
+//!   their `\n`, up to the header timeout;
+//! * anything else (e.g. `photo.jpg`) followed by [`SEED_SILENCE`] of silence is a seed-form
+//!   name. A framed header always starts with a digit, so it is never cut short this way; a
+//!   seed name that looks like the start of a header (`2024 notes.txt`, `12345`) is only taken
+//!   as one when the header timeout expires.
+//!
+//! This module decides; [`crate::storage`] touches the disk; the loop moves the bytes.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::storage::{PARTIAL_DIR, Store, Upload};
+
+/// The longest file name accepted (the common filesystem limit, in bytes).
+pub const MAX_NAME: usize = 255;
+
+/// A header can be no longer than this: 20 digits, a space, a name, "\r\n".
+pub const MAX_HEADER: usize = 20 + 1 + MAX_NAME + 2;
+
+/// How long a name without a newline must be followed by silence to count as a seed-form name.
+pub const SEED_SILENCE: Duration = Duration::from_millis(100);
+
+/// The reply that lets the sender stream. Exactly two bytes: the seeds' sender compares the
+/// reply with "ok".
+pub const OK: &[u8] = b"ok";
+
+/// Why a name is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameError {
+    Empty,
+    Dots,
+    Separator,
+    Nul,
+    Control,
+    TooLong,
+    NotUtf8,
+    Reserved,
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NameError::Empty => "invalid name: empty",
+            NameError::Dots => "invalid name: '.' and '..' are not file names",
+            NameError::Separator => "invalid name: must be a base name, without '/' or '\\'",
+            NameError::Nul => "invalid name: contains a NUL byte",
+            NameError::Control => "invalid name: contains control characters",
+            NameError::TooLong => "invalid name: longer than 255 bytes",
+            NameError::NotUtf8 => "invalid name: not UTF-8",
+            NameError::Reserved => "invalid name: reserved",
+        })
+    }
+}
+
+/// Accept only a plain base name: nothing that could leave the directory, hide a NUL from C,
+/// or smuggle escape sequences into someone's terminal.
+pub fn validate_name(raw: &[u8]) -> Result<&str, NameError> {
+    if raw.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if raw.len() > MAX_NAME {
+        return Err(NameError::TooLong);
+    }
+    if raw == b"." || raw == b".." {
+        return Err(NameError::Dots);
+    }
+    if raw.contains(&b'/') || raw.contains(&b'\\') {
+        return Err(NameError::Separator);
+    }
+    if raw.contains(&0) {
+        return Err(NameError::Nul);
+    }
+    if raw.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return Err(NameError::Control);
+    }
+    let name = std::str::from_utf8(raw).map_err(|_| NameError::NotUtf8)?;
+    if name == PARTIAL_DIR {
+        return Err(NameError::Reserved);
+    }
+    Ok(name)
+}
+
+/// Why a framed header is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    Name(NameError),
+    /// The size is not a decimal number that fits in 64 bits.
+    BadSize,
+    /// Not `<SIZE> <NAME>`.
+    Malformed,
+    /// More bytes than any header can have, and no newline.
+    TooLong,
+}
+
+impl fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderError::Name(e) => e.fmt(f),
+            HeaderError::BadSize => f.write_str("bad header: the size is not a decimal number"),
+            HeaderError::Malformed => f.write_str("bad header: expected '<SIZE> <NAME>'"),
+            HeaderError::TooLong => f.write_str("bad header: too long"),
+        }
+    }
+}
+
+/// What the header bytes received so far amount to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Header<'a> {
+    /// No newline yet. `maybe_framed`: these bytes could still become a framed header.
+    Incomplete {
+        maybe_framed: bool,
+    },
+    /// A complete framed header; it took the first `len` bytes (newline included).
+    Framed {
+        size: u64,
+        name: &'a str,
+        len: usize,
+    },
+    Invalid(HeaderError),
+}
+
+/// Parse the bytes received before the reply. Pure: the same bytes give the same answer
+/// however TCP split them.
+pub fn parse_header(buf: &[u8]) -> Header<'_> {
+    let Some(nl) = memchr::memchr(b'\n', buf) else {
+        if buf.len() > MAX_HEADER {
+            return Header::Invalid(HeaderError::TooLong);
+        }
+        return Header::Incomplete {
+            maybe_framed: could_be_framed(buf),
+        };
+    };
+    let line = &buf[..nl];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Some(space) = memchr::memchr(b' ', line) else {
+        return Header::Invalid(HeaderError::Malformed);
+    };
+    let (digits, name) = (&line[..space], &line[space + 1..]);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Header::Invalid(HeaderError::Malformed);
+    }
+    let Some(size) = std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse::<u64>().ok())
+    else {
+        return Header::Invalid(HeaderError::BadSize);
+    };
+    match validate_name(name) {
+        Ok(name) => Header::Framed {
+            size,
+            name,
+            len: nl + 1,
+        },
+        Err(e) => Header::Invalid(HeaderError::Name(e)),
+    }
+}
+
+/// Could `buf` be the start of `<SIZE> <NAME>\n`? Digits (at most 20), then optionally a space
+/// and anything.
+fn could_be_framed(buf: &[u8]) -> bool {
+    let digits = buf.iter().take_while(|b| b.is_ascii_digit()).count();
+    digits > 0 && digits <= 20 && (digits == buf.len() || buf[digits] == b' ')
+}
+
+/// The limits a transfer is held to.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest file accepted (`--max-file-size`).
+    pub max_file_size: u64,
+    /// The whole header must arrive within this time of the connect (`--header-timeout`).
+    pub header_timeout: Duration,
+    /// A transfer with no byte for this long is abandoned (`--transfer-timeout`).
+    pub transfer_timeout: Duration,
+}
+
+/// What the loop must do after an input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Continue,
+    /// Send these bytes (the "ok").
+    Reply(&'static [u8]),
+    /// The file is stored: send `line` (`done <BYTES> <SHA256>\n`).
+    Done {
+        line: String,
+        name: String,
+        bytes: u64,
+    },
+    /// Send `error: <reason>\n` and close through FIN-WAIT. Nothing is stored.
+    Refuse(String),
+}
+
+/// One connection to the files service.
+pub struct Transfer {
+    stage: Stage,
+    started: Instant,
+    /// When the last byte arrived (for the seed-form silence and the transfer timeout).
+    last_input: Instant,
+}
+
+// The whole `Transfer` is boxed in the connection's session, so the size difference between
+// the stages costs one allocation per file connection, not per connection.
+#[allow(clippy::large_enum_variant)]
+enum Stage {
+    /// Collecting the header (at most [`MAX_HEADER`] bytes).
+    Header(Vec<u8>),
+    /// "ok" sent; content goes to the upload.
+    Receiving(Receiving),
+    /// Done or refused: nothing more is accepted.
+    Over,
+}
+
+struct Receiving {
+    upload: Upload,
+    name: String,
+    /// The framed form's declared size; None for the seed form (EOF alone ends it).
+    declared: Option<u64>,
+    received: u64,
+    hasher: Sha256,
+}
+
+impl Transfer {
+    pub fn new(now: Instant) -> Transfer {
+        Transfer {
+            stage: Stage::Header(Vec::new()),
+            started: now,
+            last_input: now,
+        }
+    }
+
+    /// Is content being received (the "ok" was sent)?
+    pub fn is_receiving(&self) -> bool {
+        matches!(self.stage, Stage::Receiving(_))
+    }
+
+    /// Bytes arrived.
+    pub fn on_input(
+        &mut self,
+        data: &[u8],
+        now: Instant,
+        store: &mut Store,
+        limits: &Limits,
+    ) -> Outcome {
+        self.last_input = now;
+        match &mut self.stage {
+            Stage::Header(buf) => {
+                buf.extend_from_slice(data);
+                let buf = std::mem::take(buf);
+                match parse_header(&buf) {
+                    Header::Incomplete { .. } => {
+                        self.stage = Stage::Header(buf);
+                        Outcome::Continue
+                    }
+                    Header::Invalid(e) => self.refuse(e.to_string()),
+                    Header::Framed { size, name, len } => {
+                        if size > limits.max_file_size {
+                            return self.refuse(too_large(limits));
+                        }
+                        if let Err(reason) = self.begin(name, Some(size), store) {
+                            return self.refuse(reason);
+                        }
+                        // A sender that did not wait for "ok" sent content already.
+                        match self.receive(&buf[len..], limits) {
+                            Outcome::Continue => Outcome::Reply(OK),
+                            refused => refused,
+                        }
+                    }
+                }
+            }
+            Stage::Receiving(_) => self.receive(data, limits),
+            Stage::Over => Outcome::Continue,
+        }
+    }
+
+    /// The sender's FIN.
+    pub fn on_eof(&mut self) -> Outcome {
+        match std::mem::replace(&mut self.stage, Stage::Over) {
+            Stage::Header(buf) if buf.is_empty() => Outcome::Continue,
+            Stage::Header(_) => Outcome::Refuse("incomplete header".into()),
+            Stage::Over => Outcome::Continue,
+            Stage::Receiving(r) => {
+                if let Some(declared) = r.declared
+                    && r.received < declared
+                {
+                    // Dropping the upload deletes what arrived.
+                    return Outcome::Refuse(format!(
+                        "short transfer: {} of {declared} bytes",
+                        r.received
+                    ));
+                }
+                let hash = r.hasher.finalize();
+                match r.upload.commit() {
+                    Ok(()) => Outcome::Done {
+                        line: format!("done {} {}\n", r.received, hex(&hash)),
+                        name: r.name,
+                        bytes: r.received,
+                    },
+                    Err(e) => Outcome::Refuse(e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// A deadline from [`Transfer::deadline`] passed.
+    pub fn on_timer(&mut self, now: Instant, store: &mut Store, limits: &Limits) -> Outcome {
+        match &self.stage {
+            Stage::Header(buf) => {
+                let silent = now >= self.last_input + SEED_SILENCE;
+                let expired = now >= self.started + limits.header_timeout;
+                let seed = !buf.is_empty() && silent && (expired || !could_be_framed(buf));
+                if seed {
+                    return self.begin_seed(store);
+                }
+                if expired {
+                    return self.refuse("header timeout".into());
+                }
+                Outcome::Continue
+            }
+            Stage::Receiving(_) if now >= self.last_input + limits.transfer_timeout => {
+                self.refuse("transfer timeout".into())
+            }
+            Stage::Receiving(_) | Stage::Over => Outcome::Continue,
+        }
+    }
+
+    /// When [`Transfer::on_timer`] should next be called.
+    pub fn deadline(&self, limits: &Limits) -> Option<Instant> {
+        match &self.stage {
+            Stage::Header(buf) => {
+                let header = self.started + limits.header_timeout;
+                if !buf.is_empty() && !could_be_framed(buf) {
+                    Some(header.min(self.last_input + SEED_SILENCE))
+                } else {
+                    Some(header)
+                }
+            }
+            Stage::Receiving(_) => Some(self.last_input + limits.transfer_timeout),
+            Stage::Over => None,
+        }
+    }
+
+    /// The seed form: the whole header buffer is the name.
+    fn begin_seed(&mut self, store: &mut Store) -> Outcome {
+        let Stage::Header(buf) = std::mem::replace(&mut self.stage, Stage::Over) else {
+            return Outcome::Continue;
+        };
+        let name = match validate_name(&buf) {
+            Ok(name) => name,
+            Err(e) => return self.refuse(e.to_string()),
+        };
+        match self.begin(name, None, store) {
+            Ok(()) => Outcome::Reply(OK),
+            Err(reason) => self.refuse(reason),
+        }
+    }
+
+    fn begin(
+        &mut self,
+        name: &str,
+        declared: Option<u64>,
+        store: &mut Store,
+    ) -> Result<(), String> {
+        let upload = store.begin(name).map_err(|e| e.to_string())?;
+        self.stage = Stage::Receiving(Receiving {
+            upload,
+            name: name.to_string(),
+            declared,
+            received: 0,
+            hasher: Sha256::new(),
+        });
+        Ok(())
+    }
+
+    /// Content bytes: checked against the limits, written, hashed.
+    fn receive(&mut self, data: &[u8], limits: &Limits) -> Outcome {
+        let Stage::Receiving(r) = &mut self.stage else {
+            return Outcome::Continue;
+        };
+        if data.is_empty() {
+            return Outcome::Continue;
+        }
+        let received = r.received + data.len() as u64;
+        if r.declared.is_some_and(|declared| received > declared) {
+            return self.refuse("more data than the declared size".into());
+        }
+        if received > limits.max_file_size {
+            return self.refuse(too_large(limits));
+        }
+        if let Err(e) = r.upload.write(data) {
+            return self.refuse(format!("cannot store file: {e}"));
+        }
+        r.hasher.update(data);
+        r.received = received;
+        Outcome::Continue
+    }
+
+    /// End the transfer with an error; whatever was written is deleted.
+    fn refuse(&mut self, reason: String) -> Outcome {
+        self.stage = Stage::Over;
+        Outcome::Refuse(reason)
+    }
+}
+
+fn too_large(limits: &Limits) -> String {
+    format!(
+        "file too large: the limit is {} bytes",
+        limits.max_file_size
+    )
+}
+
+/// Lowercase hex, as `sha256sum` prints it.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::tests::TempDir;
+    use std::fs;
+
+    const LIMITS: Limits = Limits {
+        max_file_size: 1000,
+        header_timeout: Duration::from_secs(10),
+        transfer_timeout: Duration::from_secs(60),
+    };
+
+    // --- names ---
+
+    #[test]
+    fn test_every_hostile_name_is_refused() {
+        let cases: &[(&[u8], NameError)] = &[
+            (b"", NameError::Empty),
+            (b".", NameError::Dots),
+            (b"..", NameError::Dots),
+            (b"../etc/passwd", NameError::Separator),
+            (b"/etc/passwd", NameError::Separator),
+            (b"a/b", NameError::Separator),
+            (b"..\\windows", NameError::Separator),
+            (b"a\\b", NameError::Separator),
+            (b"a\0b", NameError::Nul),
+            (b"\0", NameError::Nul),
+            (b"bell\x07", NameError::Control),
+            (b"esc\x1b[2J", NameError::Control),
+            (b"tab\there", NameError::Control),
+            (b"del\x7f", NameError::Control),
+            (b"\xff\xfe", NameError::NotUtf8),
+            (b".resound-partial", NameError::Reserved),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(validate_name(raw), Err(*want), "{raw:?}");
+        }
+        assert_eq!(validate_name(&[b'a'; 256]), Err(NameError::TooLong));
+    }
+
+    #[test]
+    fn test_ordinary_names_pass() {
+        for name in [
+            "a",
+            "photo.jpg",
+            ".hidden",
+            "with space",
+            "...",
+            "ünïcödé.txt",
+        ] {
+            assert_eq!(validate_name(name.as_bytes()), Ok(name));
+        }
+        let longest = "n".repeat(255);
+        assert_eq!(validate_name(longest.as_bytes()), Ok(longest.as_str()));
+    }
+
+    // --- headers ---
+
+    #[test]
+    fn test_framed_header_parses_size_and_name() {
+        assert_eq!(
+            parse_header(b"1234 report 2024.pdf\nCONTENT"),
+            Header::Framed {
+                size: 1234,
+                name: "report 2024.pdf",
+                len: 21
+            }
+        );
+        assert_eq!(
+            parse_header(b"0 empty\r\n"),
+            Header::Framed {
+                size: 0,
+                name: "empty",
+                len: 9
+            }
+        );
+    }
+
+    #[test]
+    fn test_bad_framed_headers_are_refused() {
+        let bad: &[(&[u8], HeaderError)] = &[
+            (b"name.txt\n", HeaderError::Malformed),
+            (b"12x name\n", HeaderError::Malformed),
+            (b" 12 name\n", HeaderError::Malformed),
+            (b"-1 name\n", HeaderError::Malformed),
+            (b"99999999999999999999 name\n", HeaderError::BadSize),
+            (b"12 \n", HeaderError::Name(NameError::Empty)),
+            (b"12 ../x\n", HeaderError::Name(NameError::Separator)),
+            (b"12 ..\n", HeaderError::Name(NameError::Dots)),
+            (b"12 a\0b\n", HeaderError::Name(NameError::Nul)),
+        ];
+        for (raw, want) in bad {
+            assert_eq!(parse_header(raw), Header::Invalid(*want), "{raw:?}");
+        }
+        assert_eq!(
+            parse_header(&[b'x'; MAX_HEADER + 1]),
+            Header::Invalid(HeaderError::TooLong)
+        );
+    }
+
+    #[test]
+    fn test_incomplete_headers_say_whether_they_could_be_framed() {
+        for (raw, framed) in [
+            (&b"1"[..], true),
+            (b"123", true),
+            (b"123 ", true),
+            (b"123 some na", true),
+            (b"photo.jpg", false),
+            (b"2024-report.pdf", false),
+            (b"a", false),
+        ] {
+            assert_eq!(
+                parse_header(raw),
+                Header::Incomplete {
+                    maybe_framed: framed
+                },
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn test_header_parse_does_not_depend_on_segmentation() {
+        let header = b"4096 some file.bin\n";
+        for split in 1..header.len() {
+            // Every prefix short of the newline is incomplete and could be framed...
+            assert_eq!(
+                parse_header(&header[..split]),
+                Header::Incomplete { maybe_framed: true },
+                "split at {split}"
+            );
+        }
+        // ...so silence never turns it into a seed name, and the whole is the same header.
+        assert!(matches!(
+            parse_header(header),
+            Header::Framed { size: 4096, .. }
+        ));
+    }
+
+    // --- transfers ---
+
+    fn setup(tag: &str) -> (TempDir, Store, Instant) {
+        let dir = TempDir::new(tag);
+        let store = Store::open(&dir.0).unwrap();
+        (dir, store, Instant::now())
+    }
+
+    #[test]
+    fn test_framed_transfer_stores_the_file_and_reports_its_hash() {
+        let (dir, mut store, t0) = setup("xfer-framed");
+        let mut t = Transfer::new(t0);
+        assert_eq!(
+            t.on_input(b"5 hi.txt\n", t0, &mut store, &LIMITS),
+            Outcome::Reply(OK)
+        );
+        assert_eq!(
+            t.on_input(b"hel", t0, &mut store, &LIMITS),
+            Outcome::Continue
+        );
+        assert_eq!(
+            t.on_input(b"lo", t0, &mut store, &LIMITS),
+            Outcome::Continue
+        );
+        let Outcome::Done { line, bytes, .. } = t.on_eof() else {
+            panic!("not done")
+        };
+        assert_eq!(bytes, 5);
+        // sha256("hello")
+        assert_eq!(
+            line,
+            "done 5 2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824\n"
+        );
+        assert_eq!(fs::read(dir.0.join("hi.txt")).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn test_framed_header_split_byte_by_byte_is_read_the_same() {
+        let (dir, mut store, t0) = setup("xfer-split");
+        let mut t = Transfer::new(t0);
+        let header = b"3 abc\n";
+        for (i, b) in header.iter().enumerate() {
+            let later = t0 + Duration::from_secs(1) * i as u32; // long pauses between bytes
+            let out = t.on_input(&[*b], later, &mut store, &LIMITS);
+            // Silence never makes a partial framed header a seed name.
+            assert_eq!(
+                t.on_timer(later + SEED_SILENCE * 5, &mut store, &LIMITS),
+                Outcome::Continue
+            );
+            if i + 1 < header.len() {
+                assert_eq!(out, Outcome::Continue);
+            } else {
+                assert_eq!(out, Outcome::Reply(OK));
+            }
+        }
+        t.on_input(b"xyz", t0, &mut store, &LIMITS);
+        assert!(matches!(t.on_eof(), Outcome::Done { bytes: 3, .. }));
+        assert_eq!(fs::read(dir.0.join("abc")).unwrap(), b"xyz");
+    }
+
+    #[test]
+    fn test_seed_form_name_then_silence_then_content_until_eof() {
+        let (dir, mut store, t0) = setup("xfer-seed");
+        let mut t = Transfer::new(t0);
+        assert_eq!(
+            t.on_input(b"notes.txt", t0, &mut store, &LIMITS),
+            Outcome::Continue
+        );
+        assert_eq!(t.deadline(&LIMITS), Some(t0 + SEED_SILENCE));
+        assert_eq!(
+            t.on_timer(t0 + SEED_SILENCE / 2, &mut store, &LIMITS),
+            Outcome::Continue
+        );
+        assert_eq!(
+            t.on_timer(t0 + SEED_SILENCE, &mut store, &LIMITS),
+            Outcome::Reply(OK)
+        );
+        t.on_input(b"line one\n", t0, &mut store, &LIMITS);
+        assert!(matches!(t.on_eof(), Outcome::Done { bytes: 9, .. }));
+        assert_eq!(fs::read(dir.0.join("notes.txt")).unwrap(), b"line one\n");
+    }
+
+    #[test]
+    fn test_seed_name_that_looks_like_a_header_waits_for_the_header_timeout() {
+        let (dir, mut store, t0) = setup("xfer-seed-digits");
+        let mut t = Transfer::new(t0);
+        t.on_input(b"2024 notes", t0, &mut store, &LIMITS);
+        assert_eq!(t.deadline(&LIMITS), Some(t0 + LIMITS.header_timeout));
+        assert_eq!(
+            t.on_timer(t0 + Duration::from_secs(1), &mut store, &LIMITS),
+            Outcome::Continue
+        );
+        assert_eq!(
+            t.on_timer(t0 + LIMITS.header_timeout, &mut store, &LIMITS),
+            Outcome::Reply(OK)
+        );
+        assert!(matches!(t.on_eof(), Outcome::Done { bytes: 0, .. }));
+        assert!(dir.0.join("2024 notes").exists());
+    }
+
+    #[test]
+    fn test_header_that_never_completes_times_out() {
+        let (_dir, mut store, t0) = setup("xfer-slowloris");
+        let mut t = Transfer::new(t0);
+        // A byte every 50 ms (a slowloris): never silent long enough to be a seed name.
+        let step = Duration::from_millis(50);
+        let mut now = t0;
+        while now < t0 + LIMITS.header_timeout {
+            assert_eq!(t.on_timer(now, &mut store, &LIMITS), Outcome::Continue);
+            t.on_input(b"1", now, &mut store, &LIMITS);
+            now += step;
+        }
+        // The last byte came 50 ms ago: not silence, so not a seed-form name either.
+        assert_eq!(
+            t.on_timer(now, &mut store, &LIMITS),
+            Outcome::Refuse("header timeout".into())
+        );
+        // One that connects and sends nothing at all, likewise.
+        let mut idle = Transfer::new(t0);
+        assert_eq!(
+            idle.on_timer(t0 + LIMITS.header_timeout, &mut store, &LIMITS),
+            Outcome::Refuse("header timeout".into())
+        );
+    }
+
+    #[test]
+    fn test_short_framed_transfer_leaves_nothing() {
+        let (dir, mut store, t0) = setup("xfer-short");
+        let mut t = Transfer::new(t0);
+        t.on_input(b"10 short.bin\n12345", t0, &mut store, &LIMITS);
+        assert_eq!(
+            t.on_eof(),
+            Outcome::Refuse("short transfer: 5 of 10 bytes".into())
+        );
+        assert!(!dir.0.join("short.bin").exists());
+        assert_eq!(fs::read_dir(dir.0.join(PARTIAL_DIR)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn test_more_than_declared_is_refused() {
+        let (dir, mut store, t0) = setup("xfer-long");
+        let mut t = Transfer::new(t0);
+        assert_eq!(
+            t.on_input(b"2 x\n", t0, &mut store, &LIMITS),
+            Outcome::Reply(OK)
+        );
+        assert!(matches!(
+            t.on_input(b"abc", t0, &mut store, &LIMITS),
+            Outcome::Refuse(_)
+        ));
+        assert!(!dir.0.join("x").exists());
+    }
+
+    #[test]
+    fn test_size_limits() {
+        let (dir, mut store, t0) = setup("xfer-limit");
+        let mut t = Transfer::new(t0);
+        assert_eq!(
+            t.on_input(b"1001 big\n", t0, &mut store, &LIMITS),
+            Outcome::Refuse("file too large: the limit is 1000 bytes".into())
+        );
+        // Seed form: no declared size, so the limit is enforced as content arrives.
+        let mut t = Transfer::new(t0);
+        t.on_input(b"big", t0, &mut store, &LIMITS);
+        assert_eq!(
+            t.on_timer(t0 + SEED_SILENCE, &mut store, &LIMITS),
+            Outcome::Reply(OK)
+        );
+        assert_eq!(
+            t.on_input(&[0; 1000], t0, &mut store, &LIMITS),
+            Outcome::Continue
+        );
+        assert!(matches!(
+            t.on_input(&[0; 1], t0, &mut store, &LIMITS),
+            Outcome::Refuse(_)
+        ));
+        assert!(!dir.0.join("big").exists());
+    }
+
+    #[test]
+    fn test_existing_name_is_refused_in_the_reply() {
+        let (dir, mut store, t0) = setup("xfer-exists");
+        fs::write(dir.0.join("taken"), b"keep me").unwrap();
+        let mut t = Transfer::new(t0);
+        assert_eq!(
+            t.on_input(b"3 taken\n", t0, &mut store, &LIMITS),
+            Outcome::Refuse("file exists".into())
+        );
+        assert_eq!(fs::read(dir.0.join("taken")).unwrap(), b"keep me");
+    }
+
+    #[test]
+    fn test_stalled_transfer_times_out_and_leaves_nothing() {
+        let (dir, mut store, t0) = setup("xfer-stall");
+        let mut t = Transfer::new(t0);
+        t.on_input(b"100 stall\nsome", t0, &mut store, &LIMITS);
+        assert_eq!(t.deadline(&LIMITS), Some(t0 + LIMITS.transfer_timeout));
+        assert_eq!(
+            t.on_timer(t0 + LIMITS.transfer_timeout, &mut store, &LIMITS),
+            Outcome::Refuse("transfer timeout".into())
+        );
+        assert_eq!(fs::read_dir(dir.0.join(PARTIAL_DIR)).unwrap().count(), 0);
+        assert!(!dir.0.join("stall").exists());
+    }
+
+    #[test]
+    fn test_empty_file_is_stored_empty() {
+        let (dir, mut store, t0) = setup("xfer-empty");
+        let mut t = Transfer::new(t0);
+        t.on_input(b"0 empty\n", t0, &mut store, &LIMITS);
+        let Outcome::Done { line, .. } = t.on_eof() else {
+            panic!()
+        };
+        assert_eq!(
+            line,
+            "done 0 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n"
+        );
+        assert_eq!(fs::read(dir.0.join("empty")).unwrap(), b"");
+    }
+}

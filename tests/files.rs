@@ -1,0 +1,434 @@
+//! File transfer over loopback: `resound send`, the seeds' bare-name form, hostile names,
+//! concurrency, and every way a transfer can end short — none of which may leave a file.
+
+mod util;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use resound::ServiceKind;
+use socket2::SockRef;
+use util::*;
+
+/// A fresh directory for received files, removed on drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let path = std::env::temp_dir().join(format!("resound-test-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        Dir(path)
+    }
+
+    /// The received files (the partial directory excluded), sorted.
+    fn files(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".resound-partial")
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Transfers in progress or left behind.
+    fn partials(&self) -> usize {
+        fs::read_dir(self.0.join(".resound-partial"))
+            .unwrap()
+            .count()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start_files(dir: &Dir, tweak: impl FnOnce(&mut resound::Config)) -> resound::Running {
+    let path = dir.0.clone();
+    start(|c| {
+        c.files = Some("127.0.0.1:0".parse().unwrap());
+        c.dir = path;
+        tweak(c)
+    })
+}
+
+/// Run `resound send FILE --to ADDR [extra]`; returns (success, stdout, stderr).
+fn resound_send(file: &Path, to: SocketAddr, extra: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_resound"))
+        .arg("send")
+        .arg(file)
+        .args(["--to", &to.to_string()])
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Connect, send a framed header, return the socket and the server's first reply bytes.
+fn framed(addr: SocketAddr, header: &[u8]) -> (TcpStream, Vec<u8>) {
+    let mut s = connect(addr);
+    s.write_all(header).unwrap();
+    let mut reply = [0; 2];
+    s.read_exact(&mut reply).unwrap();
+    let mut reply = reply.to_vec();
+    if reply != b"ok" {
+        s.read_to_end(&mut reply).unwrap();
+    }
+    (s, reply)
+}
+
+/// A 50 MiB random file arrives byte-identical, and `resound send` says so.
+#[test]
+fn fifty_mib_file_arrives_identical() {
+    let dir = Dir::new("big");
+    let src = Dir::new("big-src");
+    fs::create_dir_all(&src.0).unwrap();
+    let file = src.0.join("random.bin");
+    let data = pattern(12345, 50 << 20);
+    fs::write(&file, &data).unwrap();
+    let server = start_files(&dir, |_| {});
+    let (ok, stdout, stderr) = resound_send(&file, server.addr(ServiceKind::Files), &[]);
+    assert!(ok, "send failed: {stderr}");
+    assert!(stdout.contains("stored, sha256"), "{stdout}");
+    assert_eq!(
+        stdout.matches('\r').count(),
+        0,
+        "no progress bar when stdout is a pipe"
+    );
+    assert_same(&fs::read(dir.0.join("random.bin")).unwrap(), &data);
+    assert_eq!(dir.partials(), 0);
+    let totals = server.stop().unwrap();
+    assert_eq!(totals.files_stored, 1);
+}
+
+/// The seeds' sender: the bare name, wait for exactly "ok", the content, close.
+#[test]
+fn seed_form_raw_client() {
+    let dir = Dir::new("seed");
+    let server = start_files(&dir, |_| {});
+    let mut s = connect(server.addr(ServiceKind::Files));
+    s.write_all(b"from-go.txt").unwrap();
+    let mut reply = [0; 2];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"ok");
+    s.write_all(b"content of the seed transfer\n").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let done = String::from_utf8(read_to_eof(&mut s)).unwrap();
+    assert!(done.starts_with("done 29 "), "{done}");
+    assert_eq!(
+        fs::read(dir.0.join("from-go.txt")).unwrap(),
+        b"content of the seed transfer\n"
+    );
+}
+
+/// An empty file (EOF right after "ok") is stored empty.
+#[test]
+fn empty_file_is_stored_empty() {
+    let dir = Dir::new("empty");
+    let server = start_files(&dir, |_| {});
+    let (mut s, reply) = framed(server.addr(ServiceKind::Files), b"0 nothing\n");
+    assert_eq!(reply, b"ok");
+    s.shutdown(Shutdown::Write).unwrap();
+    let done = String::from_utf8(read_to_eof(&mut s)).unwrap();
+    assert_eq!(
+        done,
+        "done 0 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n"
+    );
+    assert_eq!(fs::read(dir.0.join("nothing")).unwrap(), b"");
+}
+
+/// Every hostile name is refused with an error reply, and nothing is created anywhere.
+#[test]
+fn every_hostile_name_is_refused_and_nothing_is_created() {
+    // The received directory sits alone in a parent, so an escape would show up there.
+    let parent = Dir::new("hostile");
+    let dir = Dir(parent.0.join("received"));
+    let server = start_files(&dir, |_| {});
+    let long = "n".repeat(256);
+    let names: Vec<&[u8]> = vec![
+        b"",
+        b".",
+        b"..",
+        b"../escape",
+        b"/etc/passwd",
+        b"sub/dir",
+        b"back\\slash",
+        b"nul\0byte",
+        b"esc\x1b]0;pwned\x07",
+        b".resound-partial",
+        long.as_bytes(),
+    ];
+    for name in names {
+        let mut header = b"5 ".to_vec();
+        header.extend_from_slice(name);
+        header.push(b'\n');
+        let (_, reply) = framed(server.addr(ServiceKind::Files), &header);
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(
+            reply.starts_with("error: invalid name"),
+            "{name:?}: {reply}"
+        );
+    }
+    // The same names in the seed form.
+    for name in [&b"../escape"[..], b"a/b", b".."] {
+        let mut s = connect(server.addr(ServiceKind::Files));
+        s.write_all(name).unwrap();
+        let reply = String::from_utf8(read_to_eof(&mut s)).unwrap();
+        assert!(
+            reply.starts_with("error: invalid name"),
+            "{name:?}: {reply}"
+        );
+    }
+    assert!(dir.files().is_empty());
+    assert_eq!(dir.partials(), 0);
+    drop(server);
+    let beside: Vec<_> = fs::read_dir(&parent.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        beside,
+        ["received"],
+        "nothing appeared next to the directory"
+    );
+}
+
+/// 20 transfers at once all arrive intact.
+#[test]
+fn twenty_concurrent_transfers() {
+    let dir = Dir::new("concurrent");
+    let src = Dir::new("concurrent-src");
+    fs::create_dir_all(&src.0).unwrap();
+    let server = start_files(&dir, |_| {});
+    let to = server.addr(ServiceKind::Files);
+    let senders: Vec<_> = (0..20)
+        .map(|i| {
+            let file = src.0.join(format!("file-{i:02}"));
+            fs::write(&file, pattern(i * 1000, 200_000 + i * 7919)).unwrap();
+            thread::spawn(move || {
+                resound::send::send(&resound::send::SendOptions {
+                    file: &file,
+                    to,
+                    name: None,
+                    timeout: TIMEOUT,
+                    progress: false,
+                })
+                .map(|sent| sent.bytes)
+                .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    for (i, s) in senders.into_iter().enumerate() {
+        assert_eq!(s.join().unwrap(), Ok(200_000 + i as u64 * 7919));
+    }
+    for i in 0..20usize {
+        let got = fs::read(dir.0.join(format!("file-{i:02}"))).unwrap();
+        assert_same(&got, &pattern(i * 1000, 200_000 + i * 7919));
+    }
+    assert_eq!(dir.partials(), 0);
+}
+
+/// A reset in the middle of the content leaves no file and no temporary.
+#[test]
+fn reset_mid_stream_leaves_nothing() {
+    let dir = Dir::new("reset");
+    let server = start_files(&dir, |_| {});
+    let (mut s, reply) = framed(server.addr(ServiceKind::Files), b"1000000 cut.bin\n");
+    assert_eq!(reply, b"ok");
+    s.write_all(&pattern(0, 300_000)).unwrap();
+    SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(s);
+    // Stopping the server waits for every connection to be released.
+    server.stop().unwrap();
+    assert!(dir.files().is_empty());
+    assert_eq!(dir.partials(), 0);
+}
+
+/// A framed transfer that closes cleanly but early is reported short, and leaves nothing.
+#[test]
+fn framed_transfer_closed_early_leaves_nothing() {
+    let dir = Dir::new("short");
+    let server = start_files(&dir, |_| {});
+    let (mut s, reply) = framed(server.addr(ServiceKind::Files), b"100 short.txt\n");
+    assert_eq!(reply, b"ok");
+    s.write_all(&[b'x'; 50]).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let answer = String::from_utf8(read_to_eof(&mut s)).unwrap();
+    assert_eq!(answer, "error: short transfer: 50 of 100 bytes\n");
+    server.stop().unwrap();
+    assert!(dir.files().is_empty());
+    assert_eq!(dir.partials(), 0);
+}
+
+/// An existing file is never overwritten; the sender is told, and `resound send` fails.
+#[test]
+fn existing_name_is_not_overwritten() {
+    let dir = Dir::new("exists");
+    fs::create_dir_all(&dir.0).unwrap();
+    fs::write(dir.0.join("keep.txt"), b"precious").unwrap();
+    let src = Dir::new("exists-src");
+    fs::create_dir_all(&src.0).unwrap();
+    fs::write(src.0.join("keep.txt"), b"intruder").unwrap();
+    let server = start_files(&dir, |_| {});
+    let (ok, _, stderr) = resound_send(
+        &src.0.join("keep.txt"),
+        server.addr(ServiceKind::Files),
+        &[],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("refused the file: file exists"), "{stderr}");
+    assert_eq!(fs::read(dir.0.join("keep.txt")).unwrap(), b"precious");
+    // Under another name it goes through.
+    let (ok, _, stderr) = resound_send(
+        &src.0.join("keep.txt"),
+        server.addr(ServiceKind::Files),
+        &["--name", "keep-2.txt"],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(fs::read(dir.0.join("keep-2.txt")).unwrap(), b"intruder");
+}
+
+/// A declared size over --max-file-size is refused before any content; a seed-form transfer
+/// that grows past it is stopped and leaves nothing.
+#[test]
+fn max_file_size_is_enforced_both_ways() {
+    let dir = Dir::new("max");
+    let server = start_files(&dir, |c| c.max_file_size = 1000);
+    let (_, reply) = framed(server.addr(ServiceKind::Files), b"1001 big\n");
+    assert_eq!(reply, b"error: file too large: the limit is 1000 bytes\n");
+
+    let mut s = connect(server.addr(ServiceKind::Files));
+    s.write_all(b"growing").unwrap();
+    let mut ok = [0; 2];
+    s.read_exact(&mut ok).unwrap();
+    let _ = s.write_all(&[0; 5000]);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(answer.starts_with(b"error: file too large"), "{answer:?}");
+    server.stop().unwrap();
+    assert!(dir.files().is_empty());
+    assert_eq!(dir.partials(), 0);
+}
+
+/// A client that connects and never sends, or trickles its header byte by byte (a
+/// slowloris), is told and closed at the header timeout.
+#[test]
+fn header_that_never_arrives_times_out() {
+    let dir = Dir::new("slowloris");
+    let server = start_files(&dir, |c| c.header_timeout = Duration::from_millis(300));
+    let mut silent = connect(server.addr(ServiceKind::Files));
+    assert_eq!(read_to_eof(&mut silent), b"error: header timeout\n");
+
+    let mut trickle = connect(server.addr(ServiceKind::Files));
+    let mut writer = trickle.try_clone().unwrap();
+    thread::spawn(move || {
+        // One byte every 20 ms (pacing, not synchronisation): never silent, never a header.
+        while writer.write_all(b"7").is_ok() {
+            thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = trickle.read_to_end(&mut answer); // EOF, or a reset once the trickle hits a closed socket
+    assert!(answer.starts_with(b"error: header timeout\n"), "{answer:?}");
+    assert!(dir.files().is_empty());
+}
+
+/// A seed-form name that looks like the start of a framed header ("123") is taken as a name
+/// once the header timeout shows that no newline is coming.
+#[test]
+fn seed_name_that_looks_like_a_header_still_works() {
+    let dir = Dir::new("digits");
+    let server = start_files(&dir, |c| c.header_timeout = Duration::from_millis(300));
+    let mut s = connect(server.addr(ServiceKind::Files));
+    s.write_all(b"123").unwrap();
+    let mut ok = [0; 2];
+    s.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"ok");
+    s.write_all(b"digits").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert!(
+        String::from_utf8(read_to_eof(&mut s))
+            .unwrap()
+            .starts_with("done 6 ")
+    );
+    assert_eq!(fs::read(dir.0.join("123")).unwrap(), b"digits");
+}
+
+/// A write error (here RLIMIT_FSIZE, as a full disk would) answers `error`, removes the
+/// partial file, and the server goes on serving.
+#[test]
+fn write_error_is_reported_and_the_server_carries_on() {
+    let dir = Dir::new("fsize");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_resound"));
+    cmd.args(["serve", "--files", "127.0.0.1:0", "--dir"])
+        .arg(&dir.0);
+    // SAFETY: setrlimit is async-signal-safe; it runs in the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 1 << 20,
+                rlim_max: 1 << 20,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut server = ServerProcess::start_command(cmd, 1);
+    let addr = server.addr("files");
+    let (mut s, reply) = framed(addr, b"3000000 too-big.bin\n");
+    assert_eq!(reply, b"ok");
+    let _ = s.write_all(&pattern(0, 3_000_000));
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("error: cannot store file"), "{answer}");
+    assert!(dir.files().is_empty());
+    assert_eq!(dir.partials(), 0);
+
+    // Still serving.
+    let (mut s, reply) = framed(addr, b"5 small.txt\n");
+    assert_eq!(reply, b"ok");
+    s.write_all(b"small").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert!(
+        String::from_utf8(read_to_eof(&mut s))
+            .unwrap()
+            .starts_with("done 5 ")
+    );
+    server.signal(libc::SIGTERM);
+    assert!(server.wait().success());
+}
+
+/// A graceful stop lets a transfer in progress finish.
+#[test]
+fn graceful_stop_lets_a_transfer_finish() {
+    let dir = Dir::new("drain");
+    let server = start_files(&dir, |_| {});
+    let (mut s, reply) = framed(server.addr(ServiceKind::Files), b"10 late.txt\n");
+    assert_eq!(reply, b"ok");
+    s.write_all(b"01234").unwrap();
+    server.handle().shutdown();
+    s.write_all(b"56789").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert!(
+        String::from_utf8(read_to_eof(&mut s))
+            .unwrap()
+            .starts_with("done 10 ")
+    );
+    server.join().unwrap();
+    assert_eq!(fs::read(dir.0.join("late.txt")).unwrap(), b"0123456789");
+}
