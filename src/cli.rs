@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the servers (all of them on their default addresses if none is named).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Send a file to a files service; exits 0 only when the server confirms every byte.
     Send(SendArgs),
 }
@@ -111,6 +111,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "0")]
     pub idle_timeout: Duration,
 
+    /// TCP keepalive: probe a connection silent for SECS, and drop it after four unanswered
+    /// probes SECS/4 apart, so vanished peers are found even without --idle-timeout (0 = off).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "60")]
+    pub keepalive: Duration,
+
     /// Bytes queued for one client before the server stops reading from it, until the queue
     /// drains below half (k/m/g suffixes: 1k = 1024).
     #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "1m")]
@@ -167,6 +172,7 @@ impl ServeArgs {
             config.max_conns = n;
         }
         config.idle_timeout = nonzero(self.idle_timeout);
+        config.keepalive = nonzero(self.keepalive);
         config.max_buffer = self.max_buffer;
         config.max_line = self.max_line;
         config.bcast_hard_limit = self.bcast_hard_limit;

@@ -40,6 +40,8 @@ pub struct Config {
     pub max_conns: usize,
     /// Close a connection with no byte in or out for this long (`--idle-timeout`; None = never).
     pub idle_timeout: Option<Duration>,
+    /// TCP keepalive idle time on accepted sockets (`--keepalive`; None = off).
+    pub keepalive: Option<Duration>,
     /// Bytes queued for one peer before the server stops reading from it (`--max-buffer`).
     pub max_buffer: usize,
     /// Longest broadcast line accepted, without its `\n` (`--max-line`).
@@ -79,6 +81,7 @@ impl Default for Config {
             transfer_timeout: Duration::from_secs(60),
             max_conns: default_max_conns(),
             idle_timeout: None,
+            keepalive: Some(Duration::from_secs(60)),
             max_buffer: 1024 * 1024,
             max_line: 64 * 1024,
             bcast_hard_limit: 16 * 1024 * 1024,

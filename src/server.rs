@@ -179,7 +179,8 @@ impl Server {
         ];
         for (service, addr, token) in tcp_services {
             let Some(addr) = addr else { continue };
-            let mut tcp = listener::bind_tcp(addr).map_err(context(service, addr))?;
+            let mut tcp =
+                listener::bind_tcp(addr, config.keepalive).map_err(context(service, addr))?;
             registry.register(&mut tcp, token, Interest::READABLE)?;
             bound.push(Bound {
                 service,
@@ -419,8 +420,6 @@ impl Core {
             self.log_rejection("--max-conns reached");
             return;
         }
-        // Echo answers every message at once; Nagle's delay would only add latency.
-        let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let id = self.next_id;
