@@ -35,8 +35,11 @@ use crate::storage::{PARTIAL_DIR, Store, Upload};
 /// The longest file name accepted (the common filesystem limit, in bytes).
 pub const MAX_NAME: usize = 255;
 
-/// A header can be no longer than this: 20 digits, a space, a name, "\r\n".
-pub const MAX_HEADER: usize = 20 + 1 + MAX_NAME + 2;
+/// The most digits a size may have (u64::MAX has 20).
+const MAX_DIGITS: usize = 20;
+
+/// A header, newline included, can be no longer than this: 20 digits, a space, a name, "\r\n".
+pub const MAX_HEADER: usize = MAX_DIGITS + 1 + MAX_NAME + 2;
 
 /// How long a name without a newline must be followed by silence to count as a seed-form name.
 pub const SEED_SILENCE: Duration = Duration::from_millis(100);
@@ -143,8 +146,10 @@ pub enum Header<'a> {
 /// Parse the bytes received before the reply. Pure: the same bytes give the same answer
 /// however TCP split them.
 pub fn parse_header(buf: &[u8]) -> Header<'_> {
-    let Some(nl) = memchr::memchr(b'\n', buf) else {
-        if buf.len() > MAX_HEADER {
+    // The length limit is checked the same way whether or not the newline has arrived, so a
+    // header is judged the same however it was split.
+    let Some(nl) = memchr::memchr(b'\n', &buf[..buf.len().min(MAX_HEADER)]) else {
+        if buf.len() >= MAX_HEADER {
             return Header::Invalid(HeaderError::TooLong);
         }
         return Header::Incomplete {
@@ -159,6 +164,9 @@ pub fn parse_header(buf: &[u8]) -> Header<'_> {
     let (digits, name) = (&line[..space], &line[space + 1..]);
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return Header::Invalid(HeaderError::Malformed);
+    }
+    if digits.len() > MAX_DIGITS {
+        return Header::Invalid(HeaderError::BadSize);
     }
     let Some(size) = std::str::from_utf8(digits)
         .ok()
@@ -180,7 +188,7 @@ pub fn parse_header(buf: &[u8]) -> Header<'_> {
 /// and anything.
 fn could_be_framed(buf: &[u8]) -> bool {
     let digits = buf.iter().take_while(|b| b.is_ascii_digit()).count();
-    digits > 0 && digits <= 20 && (digits == buf.len() || buf[digits] == b' ')
+    digits > 0 && digits <= MAX_DIGITS && (digits == buf.len() || buf[digits] == b' ')
 }
 
 /// The limits a transfer is held to.
@@ -528,9 +536,23 @@ mod tests {
             assert_eq!(parse_header(raw), Header::Invalid(*want), "{raw:?}");
         }
         assert_eq!(
-            parse_header(&[b'x'; MAX_HEADER + 1]),
+            parse_header(&[b'x'; MAX_HEADER]),
             Header::Invalid(HeaderError::TooLong)
         );
+        assert_eq!(
+            parse_header(&[b'x'; MAX_HEADER - 1]),
+            Header::Incomplete {
+                maybe_framed: false
+            }
+        );
+        // Found by fuzzing: leading zeros made a 400-byte header parse when it arrived whole,
+        // though any split of it was refused as too long.
+        let mut zeros = vec![b'0'; 400];
+        zeros.extend_from_slice(b"3 name\n");
+        assert_eq!(parse_header(&zeros), Header::Invalid(HeaderError::TooLong));
+        let mut zeros = vec![b'0'; 30];
+        zeros.extend_from_slice(b"3 name\n");
+        assert_eq!(parse_header(&zeros), Header::Invalid(HeaderError::BadSize));
     }
 
     #[test]
