@@ -26,6 +26,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the servers (all of them on their default addresses if none is named).
     Serve(ServeArgs),
+    /// Load-test a server (resound or any other speaking the same protocol).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -212,7 +214,9 @@ mod tests {
     #[test]
     fn test_no_service_named_means_all_defaults() {
         let cli = Cli::try_parse_from(["resound", "serve"]).unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
         let config = args.into_config();
         assert_eq!(config.echo, Some("127.0.0.1:7000".parse().unwrap()));
         assert_eq!(config.udp, Some("127.0.0.1:7000".parse().unwrap()));
@@ -223,7 +227,9 @@ mod tests {
     #[test]
     fn test_naming_one_service_starts_only_that_one() {
         let cli = Cli::try_parse_from(["resound", "serve", "--udp", "127.0.0.1:0"]).unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
         let config = args.into_config();
         assert_eq!(config.echo, None);
         assert_eq!(config.udp, Some("127.0.0.1:0".parse().unwrap()));

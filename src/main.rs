@@ -14,6 +14,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Bench(args) => resound::bench::main(args),
     }
 }
 
