@@ -170,7 +170,7 @@ impl Report {
                 self.ops,
                 self.window_s
             );
-            if self.mb_per_sec > 0.0 {
+            if matches!(m, Mode::Echo | Mode::Udp | Mode::Broadcast) {
                 let _ = write!(s, ", {:.1} MB/s", self.mb_per_sec);
             }
             let _ = writeln!(s);
