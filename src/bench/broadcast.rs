@@ -16,7 +16,7 @@
 //! A line that some receiver never gets would stall the window for good, so after
 //! [`STALL`] without progress the sender gives up on it (counted as a timeout).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
@@ -53,6 +53,11 @@ pub struct Window {
     acked: AtomicU64,
     /// Lines sent so far (published by the sender's worker).
     sent: AtomicU64,
+    /// The sender will send no more lines (the measured window is over, or its connection is
+    /// gone). Until then a line may still be on its way out even if `sent == acked`: a worker
+    /// whose clock already says "drain" must not stop reading because another worker, whose turn
+    /// began a moment earlier, has not published its last lines yet.
+    done: AtomicBool,
 }
 
 impl Window {
@@ -61,6 +66,7 @@ impl Window {
             counts: (0..len).map(|_| AtomicU32::new(0)).collect(),
             acked: AtomicU64::new(0),
             sent: AtomicU64::new(0),
+            done: AtomicBool::new(false),
         }
     }
 
@@ -80,6 +86,13 @@ impl Window {
         self.sent
             .load(Ordering::Relaxed)
             .saturating_sub(self.acked.load(Ordering::Relaxed))
+    }
+
+    /// Nothing more will be sent, and everything sent has been delivered everywhere.
+    pub fn finished(&self) -> bool {
+        // Acquire pairs with the Release store of `done`: every `sent` published before it
+        // is visible here.
+        self.done.load(Ordering::Acquire) && self.outstanding() == 0
     }
 }
 
@@ -190,7 +203,7 @@ impl Broadcast {
         joined: Option<&[u8]>,
     ) {
         let text = joined.unwrap_or(&cx.buf[from..to]);
-        let decoded = line::decode(&cx.shared.pattern, text, self.size);
+        let decoded = line::decode(&cx.shared.filler, text, self.size);
         let peer = &mut self.pool.links[i].st;
         let errors = &mut cx.tally.errors;
         let (sender, seq, sent_ns) = match decoded {
@@ -274,12 +287,15 @@ impl Broadcast {
     /// Sender link `i`'s turn: sync lines before the run; during it, advance the window and
     /// queue the lines the window or the schedule allows.
     fn send(&mut self, cx: &mut Cx, i: usize) {
-        if self.pool.links[i].state != LinkState::Open {
-            return;
-        }
         let shared: &Shared = cx.shared;
+        let open = self.pool.links[i].state == LinkState::Open;
         let peer = &mut self.pool.links[i].st;
         let s = peer.sender.expect("a sender link") as usize;
+        let w = &shared.windows[s];
+        if !open {
+            w.done.store(true, Ordering::Release);
+            return;
+        }
         if cx.timeline.is_none() {
             let due = peer.last_sync.is_none_or(|t| cx.now >= t + SYNC_EVERY);
             if cx.syncing && s == 0 && due && peer.out.is_empty() {
@@ -290,7 +306,10 @@ impl Broadcast {
             return self.flush(cx, i);
         }
         let tl = cx.timeline.expect("running");
-        let w = &shared.windows[s];
+        if !tl.sending(cx.now) {
+            // This turn sends nothing and no later one will: every line is published.
+            w.done.store(true, Ordering::Release);
+        }
         let expected = shared.live.load(Ordering::Relaxed).saturating_sub(1) as u32;
         let mut acked = w.acked.load(Ordering::Relaxed);
         let last = peer.last_progress.get_or_insert(cx.now);
@@ -315,7 +334,8 @@ impl Broadcast {
         w.acked.store(acked, Ordering::Relaxed);
 
         let mut room = w.len() - (peer.seq - acked);
-        while room > 0 && peer.out.len() < OUT_CAP {
+        // Once `done` may have been published, not one more line.
+        while room > 0 && peer.out.len() < OUT_CAP && tl.sending(cx.now) {
             let stamp = match peer.pacer.as_mut() {
                 Some(p) => match p.next_due(cx.now) {
                     Some(at) => at,
@@ -328,7 +348,7 @@ impl Broadcast {
             }
             let ns = stamp.saturating_duration_since(shared.epoch).as_nanos() as u64;
             line::encode(
-                &shared.pattern,
+                &shared.filler,
                 s as u16,
                 peer.seq,
                 ns,
@@ -390,7 +410,8 @@ impl Driver for Broadcast {
     }
 
     fn in_flight(&self, cx: &Cx) -> u64 {
-        cx.shared.windows.iter().map(Window::outstanding).sum()
+        // Every worker waits for every sender: its receivers must read until all lines are in.
+        cx.shared.windows.iter().filter(|w| !w.finished()).count() as u64
     }
 
     fn wake_at(&self, cx: &Cx) -> Option<Instant> {

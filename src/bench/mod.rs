@@ -241,6 +241,8 @@ impl Plan {
 /// What every worker shares: read-only tables, and the few counters modes coordinate through.
 pub struct Shared {
     pub pattern: payload::Pattern,
+    /// The broadcast lines' printable filler.
+    pub filler: line::Filler,
     /// Broadcast timestamps are nanoseconds since this instant (one process, one clock).
     pub epoch: Instant,
     /// Broadcast: connections that have seen a sync line.
@@ -259,8 +261,10 @@ pub fn run(plan: &Plan) -> io::Result<Report> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     check_fd_limit(plan.sockets())?;
     let threads = plan.threads.min(plan.sockets());
+    let pattern = payload::Pattern::new();
     let shared = Arc::new(Shared {
-        pattern: payload::Pattern::new(),
+        filler: line::Filler::new(&pattern),
+        pattern,
         epoch: Instant::now(),
         synced: AtomicU64::new(0),
         live: AtomicU64::new(0),
