@@ -70,7 +70,7 @@ pub struct BenchArgs {
     pub window: usize,
 
     /// Load-generating threads, each its own event loop.
-    #[arg(short = 'T', long, value_name = "N", value_parser = parse_count, default_value = "1")]
+    #[arg(long, value_name = "N", value_parser = parse_count, default_value = "1")]
     pub threads: usize,
 
     /// Spread connections over source addresses 127.0.0.1..N [default: 1 per 28k
@@ -198,7 +198,7 @@ mod tests {
             "1m",
             "--connect-rate",
             "5k",
-            "-T",
+            "--threads",
             "2",
             "--json",
             "--quiet",

@@ -148,7 +148,10 @@ pub fn run<D: Driver>(
 ) -> io::Result<()> {
     let timer = FineTimer::new(poll.registry())?;
     let mut events = Events::with_capacity(1024);
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        progress: !plan.quiet,
+        ..Tally::default()
+    };
     let mut buf = vec![0u8; super::READ_BUF];
     let mut timeline: Option<Timeline> = None;
     let mut syncing = false;
