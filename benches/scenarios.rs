@@ -27,7 +27,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use resound::bench::{self, Mode, Plan, Report};
+use resound::bench::{self, Mode, Plan, Report, procstat};
 
 /// One scenario: a name, a mode and what it changes in the plan.
 struct Scenario {
@@ -355,6 +355,30 @@ fn with_loadgen(s: &Scenario, server: &Server, secs: f64) -> Option<Figures> {
     })
 }
 
+/// Wait (at most 10 s) until the machine is quiet: other processes' user-mode CPU under 10 % of
+/// one CPU over half a second (nothing of ours runs while we sample). Returns false if it never
+/// was; the run goes ahead and its `other user CPU` column shows the disturbance.
+fn wait_for_quiet() -> bool {
+    let hz = procstat::ticks_per_sec();
+    for _ in 0..20 {
+        let a = procstat::sample_cpu(None);
+        thread::sleep(Duration::from_millis(500));
+        let b = procstat::sample_cpu(None);
+        match a.zip(b) {
+            Some((a, b)) if ((b.user - a.user) as f64 / hz) / 0.5 < 0.10 => return true,
+            Some(_) => {}
+            None => return true, // no /proc/stat: nothing to wait for
+        }
+    }
+    false
+}
+
+/// The interference cell, starred when the run was disturbed.
+fn disturbed(other_user_pct: f64) -> String {
+    let star = if other_user_pct > 10.0 { " *" } else { "" };
+    format!("{}{star}", cell(other_user_pct, 1))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| x.is_finite());
     if v.is_empty() {
@@ -421,6 +445,9 @@ fn main() {
                 let mut runs = Vec::new();
                 let mut skipped = None;
                 for _ in 0..o.repeat {
+                    if !wait_for_quiet() {
+                        eprintln!("machine busy (other processes' CPU > 10 %): measuring anyway");
+                    }
                     let srv = match start_server(server, s.mode) {
                         Ok(srv) => srv,
                         Err(why) => {
@@ -470,6 +497,7 @@ fn main() {
         "medians of {} run(s), {} s each; server pinned to CPU {SERVER_CPU}, load to CPU {LOAD_CPU}",
         o.repeat, o.secs
     );
+    println!("(* = median run disturbed: other processes used over 10 % of a CPU in user mode)");
     println!(
         "| scenario | server | loader | ops/s | p50 µs | p99 µs | server CPU µs/op | server RSS B/conn | errors | loader CPU % | other user CPU % |"
     );
@@ -494,7 +522,7 @@ fn main() {
                 },
                 f.errors,
                 cell(f.loader_pct, 0),
-                cell(f.other_user_pct, 1)
+                disturbed(f.other_user_pct)
             ),
         }
     }

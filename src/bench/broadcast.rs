@@ -28,9 +28,12 @@ use super::pool::{LinkEvent, LinkState, Pool, ReadResult, connect_wake};
 use super::worker::{Cx, Driver, WorkerResult};
 use super::{Plan, Shared};
 
-/// The window used with `--rate`: not a limit on the rate, only the size of the delivery
-/// bookkeeping ring (a server this far behind is losing lines anyway).
-pub const PACED_WINDOW: usize = 1 << 16;
+/// The window used with `--rate`: not meant to limit the rate, only to size the delivery
+/// bookkeeping ring — 64k lines in flight over all senders (4 bytes each; a server that far
+/// behind is in trouble anyway), at least 1024 per sender.
+pub fn paced_window(senders: usize) -> usize {
+    ((1 << 16) / senders.max(1)).max(1024)
+}
 
 /// Give up on the oldest undelivered line after this long without progress.
 pub const STALL: Duration = Duration::from_secs(2);
