@@ -256,7 +256,7 @@ struct Figures {
     rss_per_conn: f64,
     errors: f64,
     loader_pct: f64,
-    other_user_pct: f64,
+    other_pct: f64,
     json: String,
 }
 
@@ -280,7 +280,7 @@ fn with_resound_bench(s: &Scenario, server: &Server, secs: f64) -> Figures {
         rss_per_conn: sv.rss_per_conn_b.unwrap_or(f64::NAN),
         errors: r.errors.total() as f64,
         loader_pct: r.usage.loader_cpu_pct,
-        other_user_pct: r.usage.other_user_pct.unwrap_or(f64::NAN),
+        other_pct: r.usage.other_cpu_pct.unwrap_or(f64::NAN),
         json: r.json(),
     }
 }
@@ -350,22 +350,23 @@ fn with_loadgen(s: &Scenario, server: &Server, secs: f64) -> Option<Figures> {
         rss_per_conn: num("rss_per_conn_b"),
         errors: num("errors"),
         loader_pct: num("loader_cpu_pct"),
-        other_user_pct: num("other_user_pct"),
+        other_pct: num("other_cpu_pct"),
         json,
     })
 }
 
-/// Wait (at most 10 s) until the machine is quiet: other processes' user-mode CPU under 10 % of
-/// one CPU over half a second (nothing of ours runs while we sample). Returns false if it never
-/// was; the run goes ahead and its `other user CPU` column shows the disturbance.
+/// Wait (at most 30 s) until the machine is quiet: other processes busy under 10 % of one CPU
+/// (user and system time: a neighbour's loopback load test is mostly kernel time) over half a
+/// second, while nothing of ours runs. Returns false if it never was; the run goes ahead and its
+/// `other CPU` column shows the disturbance.
 fn wait_for_quiet() -> bool {
     let hz = procstat::ticks_per_sec();
-    for _ in 0..20 {
+    for _ in 0..60 {
         let a = procstat::sample_cpu(None);
         thread::sleep(Duration::from_millis(500));
         let b = procstat::sample_cpu(None);
         match a.zip(b) {
-            Some((a, b)) if ((b.user - a.user) as f64 / hz) / 0.5 < 0.10 => return true,
+            Some((a, b)) if ((b.busy - a.busy) as f64 / hz) / 0.5 < 0.10 => return true,
             Some(_) => {}
             None => return true, // no /proc/stat: nothing to wait for
         }
@@ -374,9 +375,9 @@ fn wait_for_quiet() -> bool {
 }
 
 /// The interference cell, starred when the run was disturbed.
-fn disturbed(other_user_pct: f64) -> String {
-    let star = if other_user_pct > 10.0 { " *" } else { "" };
-    format!("{}{star}", cell(other_user_pct, 1))
+fn disturbed(other_pct: f64) -> String {
+    let star = if other_pct > 10.0 { " *" } else { "" };
+    format!("{}{star}", cell(other_pct, 1))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -403,7 +404,7 @@ fn medians(runs: &[Figures]) -> Figures {
         rss_per_conn: m(|f| f.rss_per_conn),
         errors: runs.iter().map(|f| f.errors).sum(),
         loader_pct: m(|f| f.loader_pct),
-        other_user_pct: m(|f| f.other_user_pct),
+        other_pct: m(|f| f.other_pct),
         json: String::new(),
     }
 }
@@ -446,7 +447,9 @@ fn main() {
                 let mut skipped = None;
                 for _ in 0..o.repeat {
                     if !wait_for_quiet() {
-                        eprintln!("machine busy (other processes' CPU > 10 %): measuring anyway");
+                        eprintln!(
+                            "machine busy for 30 s (other processes' CPU > 10 %): measuring anyway"
+                        );
                     }
                     let srv = match start_server(server, s.mode) {
                         Ok(srv) => srv,
@@ -497,9 +500,9 @@ fn main() {
         "medians of {} run(s), {} s each; server pinned to CPU {SERVER_CPU}, load to CPU {LOAD_CPU}",
         o.repeat, o.secs
     );
-    println!("(* = median run disturbed: other processes used over 10 % of a CPU in user mode)");
+    println!("(* = median run disturbed: other processes used over 10 % of a CPU)");
     println!(
-        "| scenario | server | loader | ops/s | p50 µs | p99 µs | server CPU µs/op | server RSS B/conn | errors | loader CPU % | other user CPU % |"
+        "| scenario | server | loader | ops/s | p50 µs | p99 µs | server CPU µs/op | server RSS B/conn | errors | loader CPU % | other CPU % |"
     );
     println!("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (s, server, loader, f) in &rows {
@@ -522,7 +525,7 @@ fn main() {
                 },
                 f.errors,
                 cell(f.loader_pct, 0),
-                disturbed(f.other_user_pct)
+                disturbed(f.other_pct)
             ),
         }
     }
