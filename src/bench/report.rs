@@ -239,7 +239,7 @@ impl Report {
                 sv.rss_after_kib as i64 - sv.rss_before_kib as i64,
                 sv.hwm_kib
             );
-            if let Some(b) = sv.rss_per_conn_b {
+            if let Some(b) = sv.rss_per_conn_b.filter(|_| m != Mode::Udp) {
                 let _ = write!(s, ", {b:.0} B per open connection");
             }
             let _ = writeln!(s);

@@ -186,7 +186,7 @@ pub fn run<D: Driver>(
         .expect("the idle tick is always there");
         let wait = deadline.saturating_duration_since(now);
         let timeout = if wait > Duration::ZERO && wait < FINE_SLEEP {
-            timer.arm(wait)?;
+            timer.arm(deadline, wait)?;
             None
         } else {
             Some(wait)
@@ -273,6 +273,10 @@ pub fn run<D: Driver>(
 /// A `timerfd` registered with the poller: a one-shot wake-up with nanosecond precision.
 struct FineTimer {
     fd: OwnedFd,
+    /// The deadline it is armed for and has not fired yet: a loop turn woken by a socket before
+    /// it, with the same deadline ahead, need not pay a `timerfd_settime` again (in open loop
+    /// that is every other wake-up).
+    armed_for: std::cell::Cell<Option<Instant>>,
 }
 
 impl FineTimer {
@@ -290,11 +294,17 @@ impl FineTimer {
         // SAFETY: `raw` is a descriptor we own from here on.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         registry.register(&mut SourceFd(&fd.as_raw_fd()), TIMER, Interest::READABLE)?;
-        Ok(FineTimer { fd })
+        Ok(FineTimer {
+            fd,
+            armed_for: std::cell::Cell::new(None),
+        })
     }
 
-    /// Fire once, `after` from now.
-    fn arm(&self, after: Duration) -> io::Result<()> {
+    /// Fire once at `deadline`, which is `after` from now.
+    fn arm(&self, deadline: Instant, after: Duration) -> io::Result<()> {
+        if self.armed_for.get() == Some(deadline) {
+            return Ok(());
+        }
         let spec = libc::itimerspec {
             it_interval: libc::timespec {
                 tv_sec: 0,
@@ -312,11 +322,13 @@ impl FineTimer {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
+        self.armed_for.set(Some(deadline));
         Ok(())
     }
 
     /// Consume the expiration count so the next expiry raises a new edge.
     fn clear(&self) {
+        self.armed_for.set(None);
         let mut n = [0u8; 8];
         // SAFETY: reading 8 bytes into an 8-byte buffer.
         unsafe { libc::read(self.fd.as_raw_fd(), n.as_mut_ptr().cast(), 8) };
