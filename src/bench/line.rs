@@ -190,16 +190,15 @@ const HEX_VALUE: [u8; 256] = {
 };
 
 fn parse_hex(s: &[u8]) -> Option<u64> {
-    // Branch-free: accumulate the digits and, separately, whether any byte was not a digit
-    // (invalid bytes map to 0xff, whose high nibble survives the mask).
     let mut v = 0u64;
-    let mut bad = 0u8;
     for &c in s {
         let d = HEX_VALUE[c as usize];
-        bad |= d & 0xf0;
-        v = v << 4 | (d & 0x0f) as u64;
+        if d == 0xff {
+            return None;
+        }
+        v = v << 4 | d as u64;
     }
-    (bad == 0).then_some(v)
+    Some(v)
 }
 
 // --- sequence checking ---
