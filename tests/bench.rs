@@ -312,6 +312,19 @@ fn test_lines_returned_to_their_sender_are_reported() {
     assert_eq!(r.exit_code(), 1);
 }
 
+/// A server that takes each connection and closes it at once: counted, never a crash.
+#[test]
+fn test_connections_closed_by_the_server_are_counted() {
+    let addr = bad_server(4, drop);
+    let mut p = plan(Mode::Echo, addr);
+    p.connections = 4;
+    p.duration = Duration::from_millis(300);
+    let r = run(&p);
+    assert_eq!(r.errors.closed, 4, "{}", r.summary());
+    assert_eq!(r.ops, 0);
+    assert_eq!(r.exit_code(), 1);
+}
+
 /// Nobody listening: every connect fails, is counted, and the run still ends with a report.
 #[test]
 fn test_a_vanished_server_is_counted_not_fatal() {

@@ -388,7 +388,10 @@ impl Driver for Broadcast {
             return;
         };
         match what {
-            LinkEvent::Connected(_) | LinkEvent::ConnectFailed => {}
+            // Lines (or an EOF) may arrive in the same event that completed the connect; its
+            // edge will not come again.
+            LinkEvent::Connected(_) => self.read(cx, i),
+            LinkEvent::ConnectFailed => {}
             LinkEvent::Ready { readable, writable } => {
                 if readable {
                     self.read(cx, i);

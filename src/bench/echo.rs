@@ -179,7 +179,13 @@ impl Driver for Echo {
         };
         match what {
             LinkEvent::Connected(_) => {
-                if self.started {
+                // The event that completed the connect may also carry the server's EOF (a
+                // server at its connection limit answers and closes): that edge will not come
+                // again, so look now.
+                if self.pool.links[i].hup {
+                    self.read(cx, i);
+                }
+                if self.started && self.is_open(i) {
                     self.refill(cx, i);
                     self.flush(cx, i);
                 }
