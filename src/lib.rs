@@ -21,7 +21,7 @@
 //! * [`timer`]: the lazy deadline queue behind idle and closing timeouts.
 //! * [`shutdown`]: the [`Handle`] that stops a server from another thread.
 //! * [`stats`]: counters and the stats line.
-//! * [`bench`]: `resound bench`, the load generator (a client: separate from everything above).
+//! * [`bench`](mod@bench): `resound bench`, the load generator (a client: separate from everything above).
 //!
 //! # Running a server in-process
 //!

@@ -11,7 +11,7 @@
 //! * one file per mode, each a [`worker::Driver`]: [`echo`], [`broadcast`], [`udp`],
 //!   [`connect`] (also the probe that `idle` uses), [`idle`].
 //! * pure parts, unit-tested without sockets: [`payload`] (byte streams and their check),
-//!   [`line`] (the broadcast line format and sequence checking), [`pacing`] (phases and the
+//!   [`line`](mod@line) (the broadcast line format and sequence checking), [`pacing`] (phases and the
 //!   open-loop schedule), [`histogram`], [`tally`], [`report`] (text and JSON), [`procstat`]
 //!   (parsing `/proc`).
 //! * [`args`]: the command line, in clap's derive style like `resound serve`.
