@@ -215,7 +215,7 @@ mod tests {
     fn test_no_service_named_means_all_defaults() {
         let cli = Cli::try_parse_from(["resound", "serve"]).unwrap();
         let Command::Serve(args) = cli.command else {
-            panic!("not serve")
+            panic!("serve")
         };
         let config = args.into_config();
         assert_eq!(config.echo, Some("127.0.0.1:7000".parse().unwrap()));
@@ -228,7 +228,7 @@ mod tests {
     fn test_naming_one_service_starts_only_that_one() {
         let cli = Cli::try_parse_from(["resound", "serve", "--udp", "127.0.0.1:0"]).unwrap();
         let Command::Serve(args) = cli.command else {
-            panic!("not serve")
+            panic!("serve")
         };
         let config = args.into_config();
         assert_eq!(config.echo, None);
