@@ -30,6 +30,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Send a file to a files service; exits 0 only when the server confirms every byte.
     Send(SendArgs),
+    /// Load-test a server (resound or any other speaking the same protocol).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]

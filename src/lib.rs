@@ -26,6 +26,7 @@
 //! * [`timer`]: the lazy deadline queue behind idle and closing timeouts.
 //! * [`shutdown`]: the [`Handle`] that stops a server from another thread.
 //! * [`stats`]: counters and the stats line.
+//! * [`bench`](mod@bench): `resound bench`, the load generator (a client: separate from everything above).
 //!
 //! # Running a server in-process
 //!
@@ -50,6 +51,7 @@ use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod connection;

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Send(args) => send(args),
+        Command::Bench(args) => resound::bench::main(args),
     }
 }
 

@@ -1,0 +1,245 @@
+//! `resound bench MODE --target ADDR [flags]`: the command line, in tcpkali's vocabulary where it
+//! has a word for the thing (`-c`, `-d`, `--warmup`, `--rate`, `--connect-rate`, `--json`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{Mode, Plan};
+use crate::cli::{parse_addr, parse_count, parse_secs, parse_size};
+
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "\
+Modes and their defaults:
+  echo       10 connections x 64 B messages, 1 in flight each (--pipeline), or --rate msgs/s
+  broadcast  10 receivers + 1 sender (--senders), 64 B lines, --window 64 or --rate lines/s
+  udp        10 sockets x 64 B datagrams, 1 in flight each, or --rate datagrams/s
+  connect    50 connects in progress; each echoes a 1-byte probe, then closes (--size 0: none)
+  idle       1000 connections, each confirmed by a 1-byte probe, held for --duration
+
+Counts take decimal suffixes (10k = 10 000), sizes binary ones (64k = 65 536).
+Exit status: 0 = every payload intact and no error; 1 = errors (corrupt, lost, closed, ...);
+2 = usage error.")]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub mode: Mode,
+
+    /// The server: IP:PORT.
+    #[arg(short = 't', long, value_name = "ADDR", value_parser = parse_addr)]
+    pub target: SocketAddr,
+
+    /// Connections (echo, idle), sockets (udp), receivers (broadcast), or connects in progress
+    /// at once (connect).
+    #[arg(short = 'c', long, value_name = "N", value_parser = parse_count)]
+    pub connections: Option<usize>,
+
+    /// Measured time.
+    #[arg(short = 'd', long, value_name = "SECS", value_parser = parse_secs, default_value = "5")]
+    pub duration: Duration,
+
+    /// Load before measuring [default: 0.5; idle: 0].
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub warmup: Option<Duration>,
+
+    /// Message, datagram or line size in bytes (broadcast: newline included, at least 38);
+    /// connect/idle: probe bytes echoed per connection (0 = none).
+    #[arg(short = 's', long, value_name = "BYTES", value_parser = parse_size_or_zero)]
+    pub size: Option<usize>,
+
+    /// Closed loop: messages in flight per connection (echo, udp).
+    #[arg(short = 'p', long, value_name = "K", value_parser = parse_count, default_value = "1")]
+    pub pipeline: usize,
+
+    /// Open loop: messages (echo, udp) or lines (broadcast) per second in total; latency is
+    /// measured from each one's intended send time.
+    #[arg(short = 'r', long, value_name = "R", value_parser = parse_count)]
+    pub rate: Option<usize>,
+
+    /// Connections opened per second (connect: cycles; other modes: during setup).
+    #[arg(long, value_name = "R", value_parser = parse_count)]
+    pub connect_rate: Option<usize>,
+
+    /// Broadcast: sending connections (they also receive).
+    #[arg(long, value_name = "N", value_parser = parse_count, default_value = "1")]
+    pub senders: usize,
+
+    /// Broadcast, closed loop: lines per sender not yet delivered to every receiver.
+    #[arg(long, value_name = "N", value_parser = parse_count, default_value = "64")]
+    pub window: usize,
+
+    /// Load-generating threads, each its own event loop.
+    #[arg(long, value_name = "N", value_parser = parse_count, default_value = "1")]
+    pub threads: usize,
+
+    /// Spread connections over source addresses 127.0.0.1..N [default: 1 per 28k
+    /// connections; connect: 16].
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub src_ips: Option<usize>,
+
+    /// UDP: set SO_BROADCAST, so --target may be a broadcast address.
+    #[arg(long)]
+    pub broadcast: bool,
+
+    /// The server's process id: report its CPU time per operation and its memory, from /proc.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// The CPU the server runs on: report that CPU's busy share (softirq included).
+    #[arg(long, value_name = "N")]
+    pub cpu: Option<usize>,
+
+    /// After the measured time, how long to wait for what is still in flight.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "2")]
+    pub drain: Duration,
+
+    /// How long opening the connections may take.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
+    pub setup_timeout: Duration,
+
+    /// Print the summary as one JSON object on one line.
+    #[arg(long)]
+    pub json: bool,
+
+    /// No progress lines on stderr.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+
+    /// A tag carried into the report.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub label: String,
+}
+
+impl BenchArgs {
+    /// The run these arguments describe (each mode's defaults for what is not given).
+    pub fn into_plan(self) -> Plan {
+        let mut plan = Plan::new(self.mode, self.target);
+        if let Some(c) = self.connections {
+            plan.connections = c;
+        }
+        plan.duration = self.duration;
+        if let Some(w) = self.warmup {
+            plan.warmup = w;
+        }
+        if let Some(s) = self.size {
+            plan.size = s;
+        }
+        plan.pipeline = self.pipeline;
+        plan.rate = self.rate.map(|r| r as f64);
+        plan.connect_rate = self.connect_rate.map(|r| r as f64);
+        plan.senders = self.senders;
+        plan.window = self.window;
+        plan.threads = self.threads;
+        plan.src_ips = self.src_ips;
+        plan.broadcast = self.broadcast;
+        plan.pid = self.pid;
+        plan.cpu = self.cpu;
+        plan.drain = self.drain;
+        plan.setup_timeout = self.setup_timeout;
+        plan.quiet = self.quiet;
+        plan.label = self.label;
+        plan
+    }
+}
+
+/// A size that may be 0 (a connect or idle run without a probe).
+pub fn parse_size_or_zero(s: &str) -> Result<usize, String> {
+    if s.trim() == "0" {
+        Ok(0)
+    } else {
+        parse_size(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn plan(args: &[&str]) -> Plan {
+        let cli = Cli::try_parse_from([&["resound", "bench"], args].concat()).unwrap();
+        let Command::Bench(args) = cli.command else {
+            panic!("not a bench command")
+        };
+        args.into_plan()
+    }
+
+    #[test]
+    fn test_each_mode_gets_its_defaults() {
+        let p = plan(&["echo", "--target", "127.0.0.1:7000"]);
+        assert_eq!(
+            (p.mode, p.connections, p.size, p.pipeline),
+            (Mode::Echo, 10, 64, 1)
+        );
+        assert_eq!(p.warmup, Duration::from_millis(500));
+        let p = plan(&["idle", "-t", "127.0.0.1:7000"]);
+        assert_eq!((p.connections, p.size, p.warmup), (1000, 1, Duration::ZERO));
+        let p = plan(&["connect", "-t", "127.0.0.1:7000"]);
+        assert_eq!((p.connections, p.size), (50, 1));
+    }
+
+    #[test]
+    fn test_tcpkali_style_flags_with_suffixes() {
+        let p = plan(&[
+            "echo",
+            "-t",
+            "127.0.0.1:7000",
+            "-c",
+            "10k",
+            "-d",
+            "2.5",
+            "--warmup",
+            "0",
+            "--size",
+            "16k",
+            "--rate",
+            "1m",
+            "--connect-rate",
+            "5k",
+            "--threads",
+            "2",
+            "--json",
+            "--quiet",
+        ]);
+        assert_eq!(p.connections, 10_000);
+        assert_eq!(p.duration, Duration::from_millis(2500));
+        assert_eq!(p.warmup, Duration::ZERO);
+        assert_eq!(p.size, 16 * 1024);
+        assert_eq!(p.rate, Some(1e6));
+        assert_eq!(p.connect_rate, Some(5000.0));
+        assert_eq!(p.threads, 2);
+        assert!(p.quiet);
+    }
+
+    #[test]
+    fn test_probe_size_may_be_zero_and_bad_values_are_usage_errors() {
+        assert_eq!(
+            plan(&["connect", "-t", "127.0.0.1:1", "--size", "0"]).size,
+            0
+        );
+        for bad in [
+            &["echo"][..],
+            &["echo", "-t", "nowhere"],
+            &["echo", "-t", "127.0.0.1:1", "-c", "0"],
+            &["flood", "-t", "127.0.0.1:1"],
+            &["echo", "-t", "127.0.0.1:1", "--rate", "fast"],
+        ] {
+            let r = Cli::try_parse_from([&["resound", "bench"], bad].concat());
+            assert!(r.is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn test_plans_that_cannot_run_are_rejected_with_a_reason() {
+        let mut p = plan(&["broadcast", "-t", "127.0.0.1:1", "--size", "20"]);
+        assert!(p.validate().unwrap_err().contains("38"));
+        p.size = 64;
+        assert_eq!(p.validate(), Ok(()));
+        let p = plan(&["udp", "-t", "127.0.0.1:1", "--size", "8"]);
+        assert!(p.validate().is_err());
+        let p = plan(&["echo", "-t", "127.0.0.1:1", "--size", "0"]);
+        assert!(p.validate().is_err());
+    }
+}

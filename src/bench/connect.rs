@@ -1,0 +1,216 @@
+//! The `connect` mode (connection churn), and the probe that it and `idle` use to confirm a
+//! connection.
+//!
+//! Each of `-c` slots loops: connect, (probe,) close, connect again. The latency recorded is the
+//! connect's: from the `connect` call to the handshake completing. A connect alone does not prove
+//! the server did anything — the kernel completes the handshake and queues the connection before
+//! the server accepts it — so by default each connection also echoes one byte (`--size`, the
+//! *probe*): a cycle then costs the server an accept, a read, a write and a close, and the rate
+//! measures the server. `--size 0` skips the probe for servers that do not echo.
+//!
+//! With `--connect-rate`, cycles start on a schedule instead of as soon as a slot frees up, and
+//! `-c` caps how many may be in progress.
+
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+
+use super::Plan;
+use super::dial::Dialer;
+use super::pacing::Pacer;
+use super::pool::{LinkEvent, LinkState, Pool, ReadResult};
+use super::worker::{Cx, Driver, WorkerResult};
+
+/// One connection's probe: `size` pattern bytes written and read back.
+#[derive(Default)]
+pub struct Probe {
+    written: usize,
+    read: usize,
+    /// How long the connect took (recorded when the cycle completes).
+    pub connect_latency: Duration,
+    /// The probe has come back (or there is none).
+    pub done: bool,
+}
+
+/// What [`Probe::advance`] concluded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ProbeStatus {
+    /// Waiting for the socket.
+    Pending,
+    /// Every probe byte came back intact.
+    Done,
+    /// The connection failed or closed.
+    Closed,
+    /// The bytes that came back differ from those sent.
+    Corrupt,
+}
+
+impl Probe {
+    /// Write what is left of the probe and read what has come back, for link `i` of `pool`.
+    pub fn advance<S>(
+        pool: &mut Pool<S>,
+        i: usize,
+        cx: &mut Cx,
+        size: usize,
+        probe: impl Fn(&mut S) -> &mut Probe,
+    ) -> ProbeStatus {
+        let bytes = cx.shared.pattern.slice(0, 0, size);
+        loop {
+            let p = probe(&mut pool.links[i].st);
+            if p.written == size {
+                break;
+            }
+            let from = p.written;
+            match pool.write(i, &bytes[from..]) {
+                Ok(0) => break,
+                Ok(n) => probe(&mut pool.links[i].st).written += n,
+                Err(_) => return ProbeStatus::Closed,
+            }
+        }
+        loop {
+            let p = probe(&mut pool.links[i].st);
+            if p.read == size {
+                p.done = true;
+                return ProbeStatus::Done;
+            }
+            match pool.read(i, cx.buf) {
+                ReadResult::Data(n) => {
+                    let p = probe(&mut pool.links[i].st);
+                    if p.read + n > p.written || cx.buf[..n] != bytes[p.read..p.read + n] {
+                        return ProbeStatus::Corrupt;
+                    }
+                    p.read += n;
+                }
+                ReadResult::WouldBlock => return ProbeStatus::Pending,
+                ReadResult::Eof | ReadResult::Failed => return ProbeStatus::Closed,
+            }
+        }
+    }
+}
+
+pub struct Churn {
+    pool: Pool<Probe>,
+    size: usize,
+    /// This worker's share of `--connect-rate`; its schedule starts with the load.
+    rate: Option<f64>,
+    pacer: Option<Pacer>,
+    started: bool,
+}
+
+impl Churn {
+    pub fn new(dialer: Dialer, ids: &[usize], plan: &Plan, rate: Option<f64>) -> Churn {
+        Churn {
+            pool: Pool::new(dialer, ids.iter().map(|&id| (id, Probe::default()))),
+            size: plan.size,
+            rate,
+            pacer: None,
+            started: false,
+        }
+    }
+
+    fn free_slot(&self) -> bool {
+        self.pool
+            .links
+            .iter()
+            .any(|l| l.state == LinkState::Unopened)
+    }
+
+    /// A cycle ended: count it if it succeeded, close the socket, free the slot.
+    fn end_cycle(&mut self, cx: &mut Cx, i: usize, status: ProbeStatus) {
+        match status {
+            ProbeStatus::Pending => return,
+            ProbeStatus::Done => {
+                if let Some(tl) = &cx.timeline {
+                    let latency = self.pool.links[i].st.connect_latency;
+                    cx.tally.complete(tl, cx.now, latency, self.size as u64);
+                }
+            }
+            ProbeStatus::Closed => cx.tally.errors.closed += 1,
+            ProbeStatus::Corrupt => cx.tally.errors.corrupt += 1,
+        }
+        self.pool.close(i, LinkState::Unopened);
+    }
+}
+
+impl Driver for Churn {
+    fn event(&mut self, cx: &mut Cx, event: &Event) {
+        let Some((i, what)) = self.pool.event(cx, event) else {
+            return;
+        };
+        let size = self.size;
+        let status = match what {
+            // A failed connect is counted by the pool; the slot is retried.
+            LinkEvent::ConnectFailed => {
+                self.pool.links[i].state = LinkState::Unopened;
+                return;
+            }
+            LinkEvent::Connected(latency) => {
+                self.pool.links[i].st = Probe {
+                    connect_latency: latency,
+                    ..Probe::default()
+                };
+                Probe::advance(&mut self.pool, i, cx, size, |p| p)
+            }
+            LinkEvent::Ready { .. } => Probe::advance(&mut self.pool, i, cx, size, |p| p),
+        };
+        self.end_cycle(cx, i, status);
+    }
+
+    fn turn(&mut self, cx: &mut Cx) {
+        self.pool.expire_connects(cx, LinkState::Unopened);
+        let Some(tl) = cx.timeline else { return };
+        if !self.started {
+            self.started = true;
+            self.pacer = self.rate.map(|r| Pacer::new(tl.start, r));
+        }
+        if !cx.sending() {
+            return;
+        }
+        for i in 0..self.pool.links.len() {
+            if self.pool.links[i].state != LinkState::Unopened {
+                continue;
+            }
+            if let Some(p) = self.pacer.as_mut()
+                && p.next_due(cx.now).is_none()
+            {
+                break;
+            }
+            if !self.pool.open(cx, i) {
+                // Could not even start (no descriptor or port): the pool counted it; retry later.
+                self.pool.links[i].state = LinkState::Unopened;
+                break;
+            }
+        }
+    }
+
+    fn settled(&self) -> bool {
+        true // connections are opened during the run, not before
+    }
+
+    fn open_count(&self) -> u64 {
+        self.pool.links.len() as u64
+    }
+
+    fn in_flight(&self, _cx: &Cx) -> u64 {
+        self.pool
+            .links
+            .iter()
+            .filter(|l| matches!(l.state, LinkState::Connecting(_) | LinkState::Open))
+            .count() as u64
+    }
+
+    fn wake_at(&self, cx: &Cx) -> Option<Instant> {
+        // Only while a slot is free: a schedule that is behind with every slot busy would
+        // otherwise make the loop spin.
+        let pacer = self
+            .pacer
+            .as_ref()
+            .filter(|_| cx.sending() && self.free_slot());
+        pacer.map(|p| p.next_at())
+    }
+
+    fn finish(&mut self, cx: &mut Cx, _result: &mut WorkerResult) {
+        // A cycle still in progress after the drain is a connect or probe that never finished.
+        cx.tally.errors.timeouts += self.in_flight(cx);
+    }
+}

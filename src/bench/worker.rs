@@ -1,0 +1,336 @@
+//! One load-generating thread: a mio loop that drives its share of the sockets through a
+//! [`Driver`] (one per mode) and talks to the coordinator.
+//!
+//! The worker knows nothing of echo or broadcast. It polls, hands each event to the driver, calls
+//! the driver once per loop turn (pacing, opening connections), reports progress every second,
+//! and ends when the run's [`Timeline`] says so: at the end of the measured window no new
+//! operation starts; the worker keeps reading until nothing is in flight or the drain deadline
+//! passes, then the driver counts what is still missing as lost.
+//!
+//! Commands from the coordinator arrive on a channel, with a [`Waker`] to interrupt `poll`.
+//! Deadlines closer than a few milliseconds are slept with a `timerfd` (nanosecond precision):
+//! `epoll_wait` rounds its timeout up to whole milliseconds, which would bunch an open-loop
+//! schedule into 1 ms bursts and add up to a millisecond of our own delay to every latency.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+
+use super::histogram::Latency;
+use super::pacing::{Phase, Timeline};
+use super::tally::{Errors, Tally};
+use super::{Plan, Shared};
+
+pub const WAKER: Token = Token(usize::MAX);
+pub const TIMER: Token = Token(usize::MAX - 1);
+
+/// How often progress is reported.
+pub const INTERVAL: Duration = Duration::from_secs(1);
+
+/// When nothing else is due, look at the clock this often anyway (connect timeouts, setup).
+const IDLE_TICK: Duration = Duration::from_millis(50);
+
+/// Deadlines closer than this are slept with the timerfd instead of `epoll_wait`'s timeout.
+const FINE_SLEEP: Duration = Duration::from_millis(5);
+
+/// From the coordinator to a worker.
+#[derive(Debug)]
+pub enum Command {
+    /// Broadcast only: every connection is open; start the sync handshake.
+    Sync,
+    /// Load starts now; here are the phases.
+    Start(Timeline),
+    /// Stop at once (the coordinator gave up, e.g. a setup timeout).
+    Stop,
+}
+
+/// From a worker to the coordinator.
+#[derive(Debug)]
+pub enum Message {
+    /// Every connection of this worker is open or has failed; `open` are open.
+    Settled { worker: usize, open: u64 },
+    /// The worker could not run (e.g. no poller): the run is abandoned.
+    Failed { worker: usize, error: String },
+    /// Progress since the last report.
+    Interval {
+        worker: usize,
+        ops: u64,
+        latency: Box<Latency>,
+        errors: Errors,
+    },
+    /// The worker has finished; its final counts.
+    Done {
+        worker: usize,
+        result: Box<WorkerResult>,
+    },
+}
+
+/// What a worker hands back.
+#[derive(Debug, Default)]
+pub struct WorkerResult {
+    pub tally: Tally,
+    /// Broadcast only: per connection, the next sequence number it expected from each sender,
+    /// with the sender it is itself (if any): the coordinator counts the lines that never arrived.
+    pub expected_next: Vec<(Option<u16>, Vec<u64>)>,
+    /// Connections open at the end (idle: the connections held).
+    pub open: u64,
+}
+
+/// What a driver may use during a call.
+pub struct Cx<'a> {
+    pub registry: &'a Registry,
+    /// The time, read once per loop turn after `poll`.
+    pub now: Instant,
+    /// The phases, once the load has started.
+    pub timeline: Option<Timeline>,
+    /// The broadcast sync handshake is on.
+    pub syncing: bool,
+    pub tally: &'a mut Tally,
+    /// The read buffer shared by all of this worker's sockets.
+    pub buf: &'a mut [u8],
+    pub plan: &'a Plan,
+    pub shared: &'a Shared,
+}
+
+impl Cx<'_> {
+    /// Load is running and new operations may start.
+    pub fn sending(&self) -> bool {
+        self.timeline.is_some_and(|t| t.sending(self.now))
+    }
+}
+
+/// A mode's behaviour, driven by the worker loop.
+pub trait Driver {
+    /// A readiness event for one of the driver's tokens.
+    fn event(&mut self, cx: &mut Cx, event: &Event);
+    /// Once per loop turn, after the events: open connections, send what pacing says is due,
+    /// check timeouts.
+    fn turn(&mut self, cx: &mut Cx);
+    /// Setup is over: every socket is open or has failed.
+    fn settled(&self) -> bool;
+    /// Sockets open now.
+    fn open_count(&self) -> u64;
+    /// Operations started and not yet completed; the drain waits for 0.
+    fn in_flight(&self, cx: &Cx) -> u64;
+    /// The next instant the driver needs a turn even without events (pacing).
+    fn wake_at(&self, cx: &Cx) -> Option<Instant>;
+    /// The run is over: count what is missing and close everything.
+    fn finish(&mut self, cx: &mut Cx, result: &mut WorkerResult);
+}
+
+/// A worker's connection to the coordinator.
+pub struct Control {
+    pub index: usize,
+    pub commands: Receiver<Command>,
+    pub messages: Sender<Message>,
+}
+
+/// Make a poller and its waker (the coordinator keeps the waker).
+pub fn poller() -> io::Result<(Poll, Arc<Waker>)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    Ok((poll, waker))
+}
+
+/// Run one worker to the end.
+pub fn run<D: Driver>(
+    mut poll: Poll,
+    mut driver: D,
+    control: Control,
+    plan: &Plan,
+    shared: &Shared,
+) -> io::Result<()> {
+    let timer = FineTimer::new(poll.registry())?;
+    let mut events = Events::with_capacity(1024);
+    let mut tally = Tally {
+        progress: !plan.quiet,
+        ..Tally::default()
+    };
+    let mut buf = vec![0u8; super::READ_BUF];
+    let mut timeline: Option<Timeline> = None;
+    let mut syncing = false;
+    let mut settled_sent = false;
+    let mut next_report: Option<Instant> = None;
+    let mut stop = false;
+
+    loop {
+        let now = Instant::now();
+        let cx_view = Cx {
+            registry: poll.registry(),
+            now,
+            timeline,
+            syncing,
+            tally: &mut tally,
+            buf: &mut buf,
+            plan,
+            shared,
+        };
+        let deadline = [
+            driver.wake_at(&cx_view),
+            next_report,
+            timeline.map(|t| match t.phase(now) {
+                Phase::Warmup | Phase::Measure => t.measure_until,
+                _ => t.drain_until,
+            }),
+            Some(now + IDLE_TICK),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("the idle tick is always there");
+        let wait = deadline.saturating_duration_since(now);
+        let timeout = if wait > Duration::ZERO && wait < FINE_SLEEP {
+            timer.arm(deadline, wait)?;
+            None
+        } else {
+            Some(wait)
+        };
+        if let Err(e) = poll.poll(&mut events, timeout)
+            && e.kind() != io::ErrorKind::Interrupted
+        {
+            return Err(e);
+        }
+
+        let mut cx = Cx {
+            registry: poll.registry(),
+            now: Instant::now(),
+            timeline,
+            syncing,
+            tally: &mut tally,
+            buf: &mut buf,
+            plan,
+            shared,
+        };
+        for event in events.iter() {
+            match event.token() {
+                WAKER => {
+                    while let Ok(cmd) = control.commands.try_recv() {
+                        match cmd {
+                            Command::Sync => syncing = true,
+                            Command::Start(t) => {
+                                syncing = false;
+                                timeline = Some(t);
+                                next_report = Some(t.start + INTERVAL);
+                            }
+                            Command::Stop => stop = true,
+                        }
+                    }
+                    cx.timeline = timeline;
+                    cx.syncing = syncing;
+                }
+                TIMER => timer.clear(),
+                _ => driver.event(&mut cx, event),
+            }
+        }
+        driver.turn(&mut cx);
+
+        if !settled_sent && driver.settled() {
+            settled_sent = true;
+            let _ = control.messages.send(Message::Settled {
+                worker: control.index,
+                open: driver.open_count(),
+            });
+        }
+        if let Some(at) = next_report
+            && cx.now >= at
+        {
+            next_report = Some(at + INTERVAL);
+            let latency = Box::new(cx.tally.interval_latency.clone());
+            cx.tally.interval_latency.reset();
+            let ops = std::mem::take(&mut cx.tally.interval_ops);
+            let errors = cx.tally.errors;
+            let _ = control.messages.send(Message::Interval {
+                worker: control.index,
+                ops,
+                latency,
+                errors,
+            });
+        }
+        let over = match timeline.map(|t| t.phase(cx.now)) {
+            Some(Phase::Drain) => driver.in_flight(&cx) == 0,
+            Some(Phase::Over) => true,
+            _ => false,
+        };
+        if over || stop {
+            let mut result = WorkerResult::default();
+            driver.finish(&mut cx, &mut result);
+            result.tally = std::mem::take(&mut tally);
+            let _ = control.messages.send(Message::Done {
+                worker: control.index,
+                result: Box::new(result),
+            });
+            return Ok(());
+        }
+    }
+}
+
+/// A `timerfd` registered with the poller: a one-shot wake-up with nanosecond precision.
+struct FineTimer {
+    fd: OwnedFd,
+    /// The deadline it is armed for and has not fired yet: a loop turn woken by a socket before
+    /// it, with the same deadline ahead, need not pay a `timerfd_settime` again (in open loop
+    /// that is every other wake-up).
+    armed_for: std::cell::Cell<Option<Instant>>,
+}
+
+impl FineTimer {
+    fn new(registry: &Registry) -> io::Result<FineTimer> {
+        // SAFETY: timerfd_create returns a new descriptor or -1.
+        let raw = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a descriptor we own from here on.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        registry.register(&mut SourceFd(&fd.as_raw_fd()), TIMER, Interest::READABLE)?;
+        Ok(FineTimer {
+            fd,
+            armed_for: std::cell::Cell::new(None),
+        })
+    }
+
+    /// Fire once at `deadline`, which is `after` from now.
+    fn arm(&self, deadline: Instant, after: Duration) -> io::Result<()> {
+        if self.armed_for.get() == Some(deadline) {
+            return Ok(());
+        }
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs() as libc::time_t,
+                // A zero value would disarm the timer; wake at least a nanosecond from now.
+                tv_nsec: (after.subsec_nanos().max(1)) as libc::c_long,
+            },
+        };
+        // SAFETY: a valid timerfd and a valid itimerspec.
+        let rc =
+            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.armed_for.set(Some(deadline));
+        Ok(())
+    }
+
+    /// Consume the expiration count so the next expiry raises a new edge.
+    fn clear(&self) {
+        self.armed_for.set(None);
+        let mut n = [0u8; 8];
+        // SAFETY: reading 8 bytes into an 8-byte buffer.
+        unsafe { libc::read(self.fd.as_raw_fd(), n.as_mut_ptr().cast(), 8) };
+    }
+}
