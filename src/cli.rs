@@ -113,8 +113,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "0")]
     pub idle_timeout: Duration,
 
-    /// TCP keepalive: probe a connection silent for SECS, and drop it after four unanswered
-    /// probes SECS/4 apart, so vanished peers are found even without --idle-timeout (0 = off).
+    /// TCP keepalive: probe a connection silent for SECS to 2xSECS (spread per connection), and
+    /// drop it after four unanswered probes SECS/4 apart, so vanished peers are found even
+    /// without --idle-timeout (0 = off).
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "60")]
     pub keepalive: Duration,
 

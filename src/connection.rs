@@ -125,11 +125,6 @@ impl Connection {
         self.session.kind()
     }
 
-    /// Unsent bytes owed to the peer.
-    pub fn queued_bytes(&self) -> usize {
-        self.out.len()
-    }
-
     /// Memory the output queue holds (what output limits are checked against).
     pub fn queue_footprint(&self) -> usize {
         self.out.footprint()

@@ -347,7 +347,7 @@ impl Core {
         }
     }
 
-    /// Steps 3 to 6.
+    /// Steps 3 to 7.
     fn turn(&mut self) {
         self.handle_stop_requests();
         if self.accept_paused_until.is_some_and(|t| t <= self.now) {
@@ -424,6 +424,9 @@ impl Core {
         let key = entry.key();
         let id = self.next_id;
         self.next_id += 1;
+        if let Some(idle) = self.config.keepalive {
+            listener::spread_keepalive(&stream, idle, id);
+        }
         let mut conn = Connection::new(id, stream, peer, service, self.now);
         if let Err(e) = conn.register(&self.registry, Token(FIRST_CONN + key)) {
             warn!("conn {id} {peer}: cannot register: {e}");

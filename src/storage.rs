@@ -89,10 +89,6 @@ impl Store {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Start receiving `name` (already validated as a base name).
     pub fn begin(&mut self, name: &str) -> Result<Upload, StoreError> {
         let target = self.dir.join(name);

@@ -42,14 +42,6 @@ impl Timers {
             _ => None,
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.heap.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -70,6 +62,6 @@ mod tests {
         assert_eq!(timers.pop_due(t0 + 2 * s), Some((t0 + s, 1)));
         assert_eq!(timers.pop_due(t0 + 2 * s), Some((t0 + 2 * s, 2)));
         assert_eq!(timers.pop_due(t0 + 2 * s), None);
-        assert_eq!(timers.len(), 1);
+        assert_eq!(timers.next_deadline(), Some(t0 + 3 * s));
     }
 }
