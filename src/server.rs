@@ -23,6 +23,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -35,8 +36,6 @@ use crate::config::Config;
 use crate::connection::{Connection, ReadOutcome};
 use crate::lifecycle::{AbortReason, CloseReason, Event, Phase};
 use crate::listener::{self, Accepted, Acceptor};
-use std::rc::Rc;
-
 use crate::service::broadcast::LINE_TOO_LONG;
 use crate::service::files::Outcome;
 use crate::service::{Output, ServiceKind, Session, echo};
@@ -467,11 +466,11 @@ impl Core {
             return;
         }
         let moved_before = conn.bytes_in + conn.bytes_out;
-        let echo = conn.service() == ServiceKind::Echo;
+        let service = conn.service();
 
         // Write first: it frees queue space, which may lift the read pause below.
         conn.flush(IO_BUDGET);
-        if echo {
+        if service == ServiceKind::Echo {
             conn.update_flow(max_buffer);
         }
 
@@ -535,9 +534,9 @@ impl Core {
         // nothing (and, for broadcast, once no member has unread lines that it might owe).
         if conn.phase() == Phase::Established
             && conn.is_drained()
-            && (echo || !self.bcast_inputs_pending)
+            && (service != ServiceKind::Broadcast || !self.bcast_inputs_pending)
         {
-            if conn.service() == ServiceKind::Files {
+            if service == ServiceKind::Files {
                 // A client still sending its header is waiting for a reply: give it one.
                 conn.send(b"error: server shutting down\n");
             }

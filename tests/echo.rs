@@ -59,17 +59,10 @@ fn writer_that_never_reads_is_paused_not_buffered() {
     let server = ServerProcess::start(&["--echo", "127.0.0.1:0", "--max-buffer", "1m"], 1);
     let rss_before = server.rss_kib();
     let mut client = connect(server.addr("echo"));
-    client.set_nonblocking(true).unwrap();
     let data = pattern(0, TOTAL);
 
     // Write without reading until no progress is possible: the server has stopped reading.
-    let mut sent = 0;
-    loop {
-        sent += write_nonblocking(&mut client, &data[sent..]);
-        if sent == TOTAL || !wait_writable(&client, Duration::from_millis(500)) {
-            break;
-        }
-    }
+    let sent = write_until_stalled(&mut client, &data, Duration::from_millis(500));
     assert!(
         sent < TOTAL,
         "the server kept reading 64 MiB from a client that never reads"
@@ -136,15 +129,7 @@ fn a_reset_leaves_other_clients_untouched() {
     steady.read_exact(&mut back).unwrap();
 
     let mut rude = connect_echo(&server);
-    rude.set_nonblocking(true).unwrap();
-    let junk = pattern(0, 8 << 20);
-    let mut sent = 0;
-    while sent < junk.len() {
-        sent += write_nonblocking(&mut rude, &junk[sent..]);
-        if !wait_writable(&rude, Duration::from_millis(200)) {
-            break;
-        }
-    }
+    write_until_stalled(&mut rude, &pattern(0, 8 << 20), Duration::from_millis(200));
     // SO_LINGER 0: close() sends a reset instead of a FIN.
     SockRef::from(&rude)
         .set_linger(Some(Duration::ZERO))

@@ -126,14 +126,7 @@ fn hundred_clients_that_never_read() {
     let mut hogs = Vec::new();
     for _ in 0..100 {
         let mut hog = connect(addr);
-        hog.set_nonblocking(true).unwrap();
-        let mut sent = 0;
-        while sent < junk.len() {
-            sent += write_nonblocking(&mut hog, &junk[sent..]);
-            if !wait_writable(&hog, Duration::from_millis(200)) {
-                break;
-            }
-        }
+        write_until_stalled(&mut hog, &junk, Duration::from_millis(200));
         hogs.push(hog);
     }
     let mut good = connect(addr);

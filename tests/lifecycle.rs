@@ -89,15 +89,11 @@ fn second_signal_exits_at_once() {
     let mut server = ServerProcess::start(&["--echo", "127.0.0.1:0", "--drain-timeout", "60"], 1);
     // A client that writes and never reads: its queue never empties, so the drain cannot end.
     let mut client = connect(server.addr("echo"));
-    client.set_nonblocking(true).unwrap();
-    let junk = pattern(0, 32 << 20);
-    let mut sent = 0;
-    while sent < junk.len() {
-        sent += write_nonblocking(&mut client, &junk[sent..]);
-        if !wait_writable(&client, Duration::from_millis(300)) {
-            break;
-        }
-    }
+    write_until_stalled(
+        &mut client,
+        &pattern(0, 32 << 20),
+        Duration::from_millis(300),
+    );
     server.signal(libc::SIGTERM);
     server.wait_for_log("shutting down");
     server.signal(libc::SIGTERM);

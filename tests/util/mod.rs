@@ -280,13 +280,20 @@ pub fn wait_writable(stream: &TcpStream, timeout: Duration) -> bool {
     n > 0
 }
 
-/// Write as much of `data` as a non-blocking socket takes; returns bytes written.
-pub fn write_nonblocking(stream: &mut TcpStream, data: &[u8]) -> usize {
+/// Write `data` without reading anything back, until it is all sent or the socket has accepted
+/// nothing for `stall` (the peer stopped reading). Returns the bytes written. The stream is
+/// left non-blocking.
+pub fn write_until_stalled(stream: &mut TcpStream, data: &[u8], stall: Duration) -> usize {
+    stream.set_nonblocking(true).unwrap();
     let mut done = 0;
     while done < data.len() {
         match stream.write(&data[done..]) {
             Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !wait_writable(stream, stall) {
+                    break;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => panic!("write: {e}"),
         }
