@@ -153,28 +153,30 @@ pub fn run<D: Driver>(
         ..Tally::default()
     };
     let mut buf = vec![0u8; super::READ_BUF];
-    let mut timeline: Option<Timeline> = None;
-    let mut syncing = false;
     let mut settled_sent = false;
     let mut next_report: Option<Instant> = None;
     let mut stop = false;
+    // An owned handle to the registry, so one context can live across `poll`, which needs the
+    // poller itself mutably.
+    let registry = poll.registry().try_clone()?;
+    let mut cx = Cx {
+        registry: &registry,
+        now: Instant::now(),
+        timeline: None,
+        syncing: false,
+        tally: &mut tally,
+        buf: &mut buf,
+        plan,
+        shared,
+    };
 
     loop {
         let now = Instant::now();
-        let cx_view = Cx {
-            registry: poll.registry(),
-            now,
-            timeline,
-            syncing,
-            tally: &mut tally,
-            buf: &mut buf,
-            plan,
-            shared,
-        };
+        cx.now = now;
         let deadline = [
-            driver.wake_at(&cx_view),
+            driver.wake_at(&cx),
             next_report,
-            timeline.map(|t| match t.phase(now) {
+            cx.timeline.map(|t| match t.phase(now) {
                 Phase::Warmup | Phase::Measure => t.measure_until,
                 _ => t.drain_until,
             }),
@@ -197,32 +199,21 @@ pub fn run<D: Driver>(
             return Err(e);
         }
 
-        let mut cx = Cx {
-            registry: poll.registry(),
-            now: Instant::now(),
-            timeline,
-            syncing,
-            tally: &mut tally,
-            buf: &mut buf,
-            plan,
-            shared,
-        };
+        cx.now = Instant::now();
         for event in events.iter() {
             match event.token() {
                 WAKER => {
                     while let Ok(cmd) = control.commands.try_recv() {
                         match cmd {
-                            Command::Sync => syncing = true,
+                            Command::Sync => cx.syncing = true,
                             Command::Start(t) => {
-                                syncing = false;
-                                timeline = Some(t);
+                                cx.syncing = false;
+                                cx.timeline = Some(t);
                                 next_report = Some(t.start + INTERVAL);
                             }
                             Command::Stop => stop = true,
                         }
                     }
-                    cx.timeline = timeline;
-                    cx.syncing = syncing;
                 }
                 TIMER => timer.clear(),
                 _ => driver.event(&mut cx, event),
@@ -252,7 +243,7 @@ pub fn run<D: Driver>(
                 errors,
             });
         }
-        let over = match timeline.map(|t| t.phase(cx.now)) {
+        let over = match cx.timeline.map(|t| t.phase(cx.now)) {
             Some(Phase::Drain) => driver.in_flight(&cx) == 0,
             Some(Phase::Over) => true,
             _ => false,
@@ -260,7 +251,7 @@ pub fn run<D: Driver>(
         if over || stop {
             let mut result = WorkerResult::default();
             driver.finish(&mut cx, &mut result);
-            result.tally = std::mem::take(&mut tally);
+            result.tally = std::mem::take(cx.tally);
             let _ = control.messages.send(Message::Done {
                 worker: control.index,
                 result: Box::new(result),
