@@ -58,12 +58,14 @@ pub mod connection;
 pub mod lifecycle;
 pub mod listener;
 pub mod outqueue;
+pub mod room;
 pub mod send;
 pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod stats;
 pub mod storage;
+pub mod tcp;
 pub mod timer;
 pub mod udp;
 

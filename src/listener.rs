@@ -4,10 +4,14 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use log::{debug, warn};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
+
+use crate::service::ServiceKind;
 
 /// The accept backlog asked of the kernel (it caps it at `net.core.somaxconn`). mio and std use
 /// 1024 and 128; a connect flood fills those long before a busy loop comes back to accept.
@@ -63,18 +67,12 @@ pub fn spread_keepalive(stream: &TcpStream, idle: Duration, seed: u64) {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     x ^= x >> 31;
     let extra = idle.as_secs_f64() * (x % 1024) as f64 / 1024.0;
-    let secs = (idle.as_secs_f64() + extra)
-        .round()
-        .clamp(1.0, i32::MAX as f64) as libc::c_int;
-    // SAFETY: setsockopt with a valid descriptor and a pointer to one c_int of the right size.
-    unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(stream),
-            libc::IPPROTO_TCP,
-            libc::TCP_KEEPIDLE,
-            (&secs as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
+    // Linux takes whole seconds up to MAX_TCP_KEEPIDLE (32767).
+    let secs = (idle.as_secs_f64() + extra).round().clamp(1.0, 32_767.0);
+    let params = TcpKeepalive::new().with_time(Duration::from_secs(secs as u64));
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&params) {
+        // The listener's own keepalive (inherited) still applies; only the spread is lost.
+        debug!("cannot spread keepalive: {e}");
     }
 }
 
@@ -157,6 +155,162 @@ pub fn reject(stream: TcpStream) {
 
 fn is_out_of_fds(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+/// New connections accepted per listener per turn: a connect flood is served in slices, between
+/// which the existing clients get their turn.
+pub const ACCEPTS_PER_TURN: usize = 256;
+
+/// How long to stop accepting when the kernel has no descriptor or memory to give (nginx waits
+/// similarly); the clients wait in the backlog meanwhile.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// One listening socket and what the loop knows about it.
+struct Listener {
+    service: ServiceKind,
+    token: Token,
+    acceptor: Acceptor,
+    /// Connections may be waiting: set by an event, cleared by an accept that found none.
+    /// (A pass stopped at its cap leaves it set, so the next turn goes on.)
+    pending: bool,
+    /// Accepted this turn.
+    taken: usize,
+}
+
+/// A client taken from a listener's backlog.
+pub struct NewClient {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub service: ServiceKind,
+}
+
+/// The accept state of the loop: every listener, the fairness cap, the pause after running out
+/// of descriptors or memory, and the rate-limited log of turned-away clients.
+#[derive(Default)]
+pub struct Accepting {
+    listeners: Vec<Listener>,
+    /// Index of the listener `next` tries first.
+    cursor: usize,
+    /// Accepts are paused until then (EMFILE with no spare descriptor, ENOBUFS, ENOMEM).
+    paused_until: Option<Instant>,
+    last_reject_log: Option<Instant>,
+    /// Clients turned away (out of descriptors here; `--max-conns` by the loop).
+    pub rejected: u64,
+}
+
+impl Accepting {
+    /// Add a bound listener, registered under `token`.
+    pub fn add(
+        &mut self,
+        service: ServiceKind,
+        mut listener: TcpListener,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<()> {
+        registry.register(&mut listener, token, Interest::READABLE)?;
+        self.listeners.push(Listener {
+            service,
+            token,
+            acceptor: Acceptor::new(listener),
+            pending: true,
+            taken: 0,
+        });
+        Ok(())
+    }
+
+    /// An event for `token`: if it is one of ours, remember that clients may be waiting.
+    pub fn on_event(&mut self, token: Token) -> bool {
+        match self.listeners.iter_mut().find(|l| l.token == token) {
+            Some(l) => {
+                l.pending = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Start a turn: lift an expired pause, reset the per-turn caps.
+    pub fn begin_turn(&mut self, now: Instant) {
+        if self.paused_until.is_some_and(|t| t <= now) {
+            self.paused_until = None;
+        }
+        for l in &mut self.listeners {
+            l.taken = 0;
+        }
+    }
+
+    /// Is an accept worth trying now (so `poll` must not sleep)?
+    pub fn ready(&self) -> bool {
+        self.paused_until.is_none() && self.listeners.iter().any(|l| l.pending)
+    }
+
+    /// When a pause ends (for the poll timeout).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.paused_until
+    }
+
+    /// The next waiting client, at most [`ACCEPTS_PER_TURN`] per listener per turn, or None
+    /// when every listener is empty, capped or paused.
+    pub fn next(&mut self, now: Instant) -> Option<NewClient> {
+        while self.paused_until.is_none() && self.cursor < self.listeners.len() {
+            let l = &mut self.listeners[self.cursor];
+            if !l.pending || l.taken >= ACCEPTS_PER_TURN {
+                self.cursor += 1;
+                continue;
+            }
+            match l.acceptor.accept() {
+                Accepted::Conn(stream, peer) => {
+                    l.taken += 1;
+                    let service = l.service;
+                    return Some(NewClient {
+                        stream,
+                        peer,
+                        service,
+                    });
+                }
+                Accepted::Empty => l.pending = false,
+                Accepted::Shed => {
+                    self.reject_logged(now, "out of file descriptors");
+                }
+                Accepted::Pause(e) => {
+                    warn!(
+                        "accept on {}: {e}; pausing accepts for {ACCEPT_PAUSE:?}",
+                        l.service
+                    );
+                    self.paused_until = now.checked_add(ACCEPT_PAUSE);
+                }
+            }
+        }
+        self.cursor = 0;
+        None
+    }
+
+    /// Turn a client away (`--max-conns` reached): tell it why and close.
+    pub fn turn_away(&mut self, client: NewClient, now: Instant, why: &str) {
+        reject(client.stream);
+        self.reject_logged(now, why);
+    }
+
+    fn reject_logged(&mut self, now: Instant, why: &str) {
+        self.rejected += 1;
+        // A flood would log a line per client; one line a second says the same.
+        if self
+            .last_reject_log
+            .is_none_or(|t| now >= t + Duration::from_secs(1))
+        {
+            warn!(
+                "turning clients away: {why} ({} rejected so far)",
+                self.rejected
+            );
+            self.last_reject_log = Some(now);
+        }
+    }
+
+    /// Stop accepting: close every listener. Clients still in a backlog are refused by the
+    /// kernel.
+    pub fn close_all(&mut self) {
+        self.listeners.clear();
+    }
 }
 
 #[cfg(test)]

@@ -2,46 +2,61 @@
 //!
 //! Where the Go seeds run a goroutine per connection and let each block in `Accept`, `Read` or
 //! `Write`, this loop asks the kernel which sockets are ready and does a bounded amount of work
-//! for each, never blocking. One turn of the loop:
+//! for each, never blocking. [`Server::run`] is the whole loop; one turn is seven steps:
 //!
-//! 1. `poll` — sleep until a socket is ready, a timer is due, or a stop is requested (never
-//!    sleep if the run queue already holds work);
-//! 2. record what each event says (a hint: the next read or write finds out the truth) and put
-//!    the connection on the run queue;
-//! 3. accept new clients (at most [`ACCEPTS_PER_TURN`] per listener), echo UDP datagrams;
-//! 4. visit every connection on the run queue once: flush, read, hand bytes to its service,
-//!    each bounded by [`IO_BUDGET`]. A connection with work left goes back on the queue for the
-//!    next turn — edge-triggered readiness will not remind us. Broadcast lines read in a visit
-//!    are queued (by reference) to every other member of the room;
-//! 5. flush every broadcast recipient that got lines this turn, once, in one vectored write —
-//!    so lines from several senders in one turn cost each recipient one syscall;
-//! 6. fire due timers (idle and closing timeouts, the drain deadline, the stats line);
-//! 7. sweep: free the connections that reached CLOSED during this turn. Freeing is deferred to
-//!    here so a slab slot is never reused while an event for its old owner may still be in the
-//!    batch being processed.
+//! 1. **poll** — sleep until a socket is ready, a deadline is due or a stop is requested; never
+//!    sleep while the run queue holds work ([`Core::poll_timeout`]);
+//! 2. **note** what each event says — a hint: the next read or write finds out the truth — and
+//!    put the connection on the run queue ([`Core::note`]);
+//! 3. **take in** stop requests, new clients (at most [`ACCEPTS_PER_TURN`](listener::ACCEPTS_PER_TURN) per listener) and
+//!    UDP datagrams ([`Core::take_in`]);
+//! 4. **visit** every connection on the run queue once: flush, read, hand the bytes to its
+//!    service and carry out what the service asks, each bounded by [`IO_BUDGET`]
+//!    ([`Core::visit_ready`]). A connection with work left goes back on the queue for the
+//!    next turn — edge-triggered readiness will not remind us. Lines a broadcast member sent
+//!    are fanned out to the room as soon as its visit ends;
+//! 5. **flush the room**: write to every broadcast member that got lines this turn, once, in
+//!    one vectored write — lines from several senders cost each member one syscall
+//!    ([`Core::flush_room`]);
+//! 6. **fire timers**: idle and closing timeouts, output limits, file deadlines, the stats
+//!    line, and the drain's progress and deadline ([`Core::fire_timers`]);
+//! 7. **sweep**: free the connections that reached CLOSED during this turn
+//!    ([`Core::sweep`]). Freeing is deferred to here so a slab slot is never reused while an
+//!    event for its old owner may still be in the batch being processed.
+//!
+//! Each step is one call into a type that owns its concern: [`Accepting`] (listeners),
+//! [`UdpEcho`], the connections ([`TcpConn`] with its sans-IO [`Connection`] core, and a
+//! [`Session`] of its service), the [`Room`], the [`Timers`], [`Stop`] and [`Drain`].
+//!
+//! # Tokens
+//!
+//! | token | socket |
+//! |---|---|
+//! | 0, 1, 2 | the echo, broadcast and files listeners |
+//! | 8 | the UDP socket |
+//! | 9 | the signal pipe |
+//! | 10 | the waker ([`Handle::shutdown`] from another thread) |
+//! | 16 + K | the client connection in slab slot K |
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook_mio::v1_0::Signals;
+use mio::{Events, Poll, Registry, Token, Waker};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::connection::{Connection, ReadOutcome};
-use crate::lifecycle::{AbortReason, CloseReason, Event, Phase};
-use crate::listener::{self, Accepted, Acceptor};
-use crate::service::broadcast::LINE_TOO_LONG;
-use crate::service::files::Outcome;
-use crate::service::{Output, ServiceKind, Session, echo};
-use crate::shutdown::Handle;
-use crate::stats::{Snapshot, Stats};
+use crate::connection::{Connection, Input, Timeouts};
+use crate::lifecycle::{AbortReason, CloseReason, Phase};
+use crate::listener::{self, Accepting, NewClient};
+use crate::room::{Eviction, Mailbox, Origin, OutputLimits, Room};
+use crate::service::{Action, Actions, Cx, OnStop, Service, ServiceKind, Session, Shared};
+use crate::shutdown::{Drain, Handle, Stop, StopStep};
+use crate::stats::{Snapshot, Stats, Ticker};
 use crate::storage::Store;
+use crate::tcp::TcpConn;
 use crate::timer::Timers;
 use crate::udp::{self, UdpEcho};
 
@@ -59,14 +74,6 @@ const FIRST_CONN: usize = 16;
 /// microseconds, not milliseconds.
 pub const IO_BUDGET: usize = 64 * 1024;
 
-/// New connections accepted per listener per turn: a connect flood is served in slices, between
-/// which the existing clients get their turn.
-pub const ACCEPTS_PER_TURN: usize = 256;
-
-/// How long to stop accepting when the kernel has no descriptor or memory to give (nginx waits
-/// similarly); the clients wait in the backlog meanwhile.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
-
 /// Events taken from the kernel per `poll`.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -77,7 +84,9 @@ const SCRATCH: usize = 64 * 1024;
 /// A socket the server is serving on: what `listening <service> <proto> <addr>` prints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bound {
+    /// The service behind it.
     pub service: ServiceKind,
+    /// The address it is bound to (port 0 resolved).
     pub addr: SocketAddr,
 }
 
@@ -101,55 +110,40 @@ pub struct Server {
     core: Core,
 }
 
-struct Listener {
-    service: ServiceKind,
-    token: Token,
-    acceptor: Acceptor,
-    /// The last accept pass stopped at its cap: connections may still be waiting.
-    pending: bool,
+/// One client connection as the loop holds it.
+struct Client {
+    /// The socket and the sans-IO connection core.
+    tcp: TcpConn,
+    /// The service's state for this client.
+    session: Session,
+    /// The connection is on the run queue.
+    queued: bool,
+    /// The time of this connection's entry in the timer queue that counts (see `timer.rs`).
+    timer_at: Option<Instant>,
 }
 
 /// Everything but the poller, so the loop can iterate the events while mutating the rest.
 struct Core {
     registry: Registry,
     config: Config,
-    listeners: Vec<Listener>,
+    timeouts: Timeouts,
+    accepting: Accepting,
     udp: Option<UdpEcho>,
-    /// The receiving directory, if the files service runs.
-    store: Option<Store>,
-    bound: Vec<Bound>,
-
-    conns: Slab<Connection>,
+    clients: Slab<Client>,
     /// Connections to visit this turn (events) and next turn (leftover work).
     run_queue: Vec<usize>,
     /// Connections that reached CLOSED this turn, freed by the sweep.
     closed: Vec<usize>,
-    /// The broadcast room: every broadcast connection, by slab key. Lines go to the members
-    /// that are ESTABLISHED (a client that half-closed gets what was queued, then EOF).
-    room: Vec<usize>,
-    /// Line batches read during one visit, fanned out once the sender is released.
-    outbox: Vec<(Rc<[u8]>, usize)>,
-    /// Broadcast recipients that got lines this turn and must be flushed before the next poll.
-    flush_list: Vec<usize>,
-    /// During a drain: some broadcast member still has input to read that was received before
-    /// the stop. Until it is read (and its lines queued to everyone), no member is closed, so
-    /// a line acknowledged before the stop reaches every member still connected.
-    bcast_inputs_pending: bool,
+    room: Room,
+    /// What the services share: the store, their limits, the counters.
+    shared: Shared,
     timers: Timers,
+    stop: Stop,
+    drain: Drain,
+    ticker: Ticker,
     scratch: Box<[u8]>,
+    bound: Vec<Bound>,
     next_id: u64,
-
-    stats: Stats,
-    next_stats: Option<Instant>,
-    accept_paused_until: Option<Instant>,
-    last_reject_log: Option<Instant>,
-
-    handle: Handle,
-    signals: Option<Signals>,
-    signals_seen: usize,
-    stop_requests: usize,
-    draining_until: Option<Instant>,
-    stop_now: bool,
     /// The time, read once per turn: every decision in a turn uses the same clock.
     now: Instant,
 }
@@ -160,51 +154,11 @@ impl Server {
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
         let handle = Handle::new(Waker::new(&registry, WAKER)?);
+        let stop = Stop::new(handle, &registry, config.handle_signals.then_some(SIGNALS))?;
 
-        let mut listeners = Vec::new();
         let mut bound = Vec::new();
-        let context = |service: ServiceKind, addr: SocketAddr| {
-            move |e: io::Error| {
-                io::Error::new(
-                    e.kind(),
-                    format!("cannot bind {service} {} {addr}: {e}", service.proto()),
-                )
-            }
-        };
-        let tcp_services = [
-            (ServiceKind::Echo, config.echo, ECHO_LISTENER),
-            (ServiceKind::Broadcast, config.broadcast, BROADCAST_LISTENER),
-            (ServiceKind::Files, config.files, FILES_LISTENER),
-        ];
-        for (service, addr, token) in tcp_services {
-            let Some(addr) = addr else { continue };
-            let mut tcp =
-                listener::bind_tcp(addr, config.keepalive).map_err(context(service, addr))?;
-            registry.register(&mut tcp, token, Interest::READABLE)?;
-            bound.push(Bound {
-                service,
-                addr: tcp.local_addr()?,
-            });
-            listeners.push(Listener {
-                service,
-                token,
-                acceptor: Acceptor::new(tcp),
-                pending: true,
-            });
-        }
-        let udp = match config.udp {
-            Some(addr) => {
-                let service = ServiceKind::Udp;
-                let mut socket = listener::bind_udp(addr).map_err(context(service, addr))?;
-                registry.register(&mut socket, UDP_SOCKET, Interest::READABLE)?;
-                bound.push(Bound {
-                    service,
-                    addr: socket.local_addr()?,
-                });
-                Some(UdpEcho::new(socket))
-            }
-            None => None,
-        };
+        let accepting = bind_listeners(&config, &registry, &mut bound)?;
+        let udp = bind_udp(&config, &registry, &mut bound)?;
         if bound.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -220,13 +174,6 @@ impl Server {
             })?),
             None => None,
         };
-        let signals = if config.handle_signals {
-            let mut signals = Signals::new([SIGINT, SIGTERM])?;
-            registry.register(&mut signals, SIGNALS, Interest::READABLE)?;
-            Some(signals)
-        } else {
-            None
-        };
 
         let now = Instant::now();
         Ok(Server {
@@ -234,32 +181,35 @@ impl Server {
             events: Events::with_capacity(EVENTS_CAPACITY),
             core: Core {
                 registry,
-                next_stats: config.stats_interval.map(|i| now + i),
-                config,
-                listeners,
+                timeouts: Timeouts {
+                    idle: config.idle_timeout,
+                    close: config.close_timeout,
+                },
+                accepting,
                 udp,
-                store,
-                bound,
-                conns: Slab::new(),
+                clients: Slab::new(),
                 run_queue: Vec::new(),
                 closed: Vec::new(),
-                room: Vec::new(),
-                outbox: Vec::new(),
-                flush_list: Vec::new(),
-                bcast_inputs_pending: false,
+                room: Room::new(OutputLimits {
+                    hard: config.bcast_hard_limit,
+                    soft: config.bcast_soft_limit,
+                    soft_time: config.bcast_soft_time,
+                }),
+                shared: Shared {
+                    store,
+                    max_line: config.max_line,
+                    file_limits: config.file_limits(),
+                    stats: Stats::default(),
+                },
                 timers: Timers::new(),
+                stop,
+                drain: Drain::Serving,
+                ticker: Ticker::new(config.stats_interval, now),
                 scratch: vec![0; SCRATCH.max(udp::MAX_DATAGRAM)].into_boxed_slice(),
+                bound,
                 next_id: 1,
-                stats: Stats::default(),
-                accept_paused_until: None,
-                last_reject_log: None,
-                handle,
-                signals,
-                signals_seen: 0,
-                stop_requests: 0,
-                draining_until: None,
-                stop_now: false,
                 now,
+                config,
             },
         })
     }
@@ -271,13 +221,14 @@ impl Server {
 
     /// A handle that stops this server from another thread.
     pub fn handle(&self) -> Handle {
-        self.core.handle.clone()
+        self.core.stop.handle()
     }
 
     /// Serve until stopped (a signal or [`Handle::shutdown`]) and every connection has been
     /// drained or the drain timeout passed. Returns the totals.
     pub fn run(mut self) -> io::Result<Stats> {
         loop {
+            // 1. poll
             let timeout = self.core.poll_timeout();
             if let Err(e) = self.poll.poll(&mut self.events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -287,9 +238,11 @@ impl Server {
             }
             let core = &mut self.core;
             core.now = Instant::now();
+            // 2. note
             for event in self.events.iter() {
-                core.dispatch(event);
+                core.note(event);
             }
+            // 3-7
             core.turn();
             if core.finished() {
                 return Ok(core.finish());
@@ -298,22 +251,75 @@ impl Server {
     }
 }
 
+/// Bind the TCP listeners the config names.
+fn bind_listeners(
+    config: &Config,
+    registry: &Registry,
+    bound: &mut Vec<Bound>,
+) -> io::Result<Accepting> {
+    let mut accepting = Accepting::default();
+    let tcp_services = [
+        (ServiceKind::Echo, config.echo, ECHO_LISTENER),
+        (ServiceKind::Broadcast, config.broadcast, BROADCAST_LISTENER),
+        (ServiceKind::Files, config.files, FILES_LISTENER),
+    ];
+    for (service, addr, token) in tcp_services {
+        let Some(addr) = addr else { continue };
+        let tcp = listener::bind_tcp(addr, config.keepalive).map_err(bind_error(service, addr))?;
+        bound.push(Bound {
+            service,
+            addr: tcp.local_addr()?,
+        });
+        accepting.add(service, tcp, registry, token)?;
+    }
+    Ok(accepting)
+}
+
+/// Bind the UDP socket, if the config names one.
+fn bind_udp(
+    config: &Config,
+    registry: &Registry,
+    bound: &mut Vec<Bound>,
+) -> io::Result<Option<UdpEcho>> {
+    let Some(addr) = config.udp else {
+        return Ok(None);
+    };
+    let service = ServiceKind::Udp;
+    let socket = listener::bind_udp(addr).map_err(bind_error(service, addr))?;
+    bound.push(Bound {
+        service,
+        addr: socket.local_addr()?,
+    });
+    let mut udp = UdpEcho::new(socket);
+    registry.register(udp.socket_mut(), UDP_SOCKET, mio::Interest::READABLE)?;
+    Ok(Some(udp))
+}
+
+/// `cannot bind echo tcp 127.0.0.1:7000: Address in use`.
+fn bind_error(service: ServiceKind, addr: SocketAddr) -> impl Fn(io::Error) -> io::Error {
+    move |e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot bind {service} {} {addr}: {e}", service.proto()),
+        )
+    }
+}
+
 impl Core {
-    /// How long `poll` may sleep: not at all if work is waiting, else until the next deadline.
+    /// Step 1's timeout: not at all if work is waiting, else until the next deadline.
     fn poll_timeout(&self) -> Option<Duration> {
-        let accept_ready = self.accept_paused_until.is_none();
         if !self.run_queue.is_empty()
-            || (accept_ready && self.listeners.iter().any(|l| l.pending))
-            || self.udp.as_ref().is_some_and(|u| u.ready)
-            || self.stop_requested()
+            || self.accepting.ready()
+            || self.udp.as_ref().is_some_and(UdpEcho::ready)
+            || self.stop.pending()
         {
             return Some(Duration::ZERO);
         }
         let deadline = [
             self.timers.next_deadline(),
-            self.draining_until,
-            self.accept_paused_until,
-            self.next_stats,
+            self.drain.deadline(),
+            self.accepting.deadline(),
+            self.ticker.next(),
         ]
         .into_iter()
         .flatten()
@@ -322,52 +328,113 @@ impl Core {
     }
 
     /// Step 2: note what one event says.
-    fn dispatch(&mut self, event: &mio::event::Event) {
+    fn note(&mut self, event: &mio::event::Event) {
         match event.token() {
-            SIGNALS => self.collect_signals(),
+            SIGNALS => self.stop.on_signals(),
             WAKER => {} // stop requests are read once per turn
             UDP_SOCKET => {
                 if let Some(udp) = &mut self.udp {
-                    udp.ready = true;
+                    udp.on_event();
                 }
             }
             Token(t) if t >= FIRST_CONN => {
                 let key = t - FIRST_CONN;
-                if let Some(conn) = self.conns.get_mut(key) {
-                    conn.on_readiness(event);
-                    enqueue(&mut self.run_queue, conn, key);
+                if let Some(client) = self.clients.get_mut(key) {
+                    client.tcp.on_event(event);
+                    enqueue(&mut self.run_queue, client, key);
                 }
             }
             token => {
-                if let Some(l) = self.listeners.iter_mut().find(|l| l.token == token) {
-                    l.pending = true;
-                }
+                self.accepting.on_event(token);
             }
         }
     }
 
     /// Steps 3 to 7.
     fn turn(&mut self) {
-        self.handle_stop_requests();
-        if self.accept_paused_until.is_some_and(|t| t <= self.now) {
-            self.accept_paused_until = None;
-        }
-        for i in 0..self.listeners.len() {
-            if self.listeners[i].pending && self.accept_paused_until.is_none() {
-                self.accept_some(i);
+        self.take_in(); // 3
+        self.visit_ready(); // 4
+        self.flush_room(); // 5
+        self.fire_timers(); // 6
+        self.sweep(); // 7
+    }
+
+    // ------------------------------------------------------------------ 3. take in
+
+    /// Step 3: stop requests, new clients, datagrams.
+    fn take_in(&mut self) {
+        match self.stop.step() {
+            StopStep::None => {}
+            StopStep::Drain => self.begin_drain(),
+            StopStep::Now => {
+                if !self.drain.stopping() {
+                    self.begin_drain();
+                }
+                info!("second stop request: closing every connection now");
+                self.drain = Drain::Now;
+                self.abort_all();
             }
         }
-        if let Some(udp) = &mut self.udp {
-            udp.echo(&mut self.scratch, &mut self.stats);
+        self.accepting.begin_turn(self.now);
+        while let Some(client) = self.accepting.next(self.now) {
+            self.admit(client);
         }
+        if let Some(udp) = &mut self.udp {
+            udp.serve(&mut self.scratch, &mut self.shared, self.now);
+        }
+    }
 
+    /// Take a new client in, or turn it away if `--max-conns` is reached.
+    fn admit(&mut self, new: NewClient) {
+        if self.clients.len() >= self.config.max_conns {
+            self.accepting
+                .turn_away(new, self.now, "--max-conns reached");
+            return;
+        }
+        let Some(session) = Session::new(new.service, self.now) else {
+            return; // not a TCP service; cannot happen
+        };
+        let entry = self.clients.vacant_entry();
+        let key = entry.key();
+        let id = self.next_id;
+        self.next_id += 1;
+        if let Some(idle) = self.config.keepalive {
+            listener::spread_keepalive(&new.stream, idle, id);
+        }
+        let core = Connection::new(id, new.peer, self.now, session.flow_controlled());
+        let mut tcp = TcpConn::new(new.stream, core);
+        if let Err(e) = tcp.register(&self.registry, token(key)) {
+            warn!("conn {id} {}: cannot register: {e}", new.peer);
+            return;
+        }
+        debug!(
+            "conn {id} {} LISTEN -> ESTABLISHED (accepted on {})",
+            new.peer, new.service
+        );
+        if session.kind() == ServiceKind::Broadcast {
+            self.room.join(key);
+        }
+        entry.insert(Client {
+            tcp,
+            session,
+            queued: false,
+            timer_at: None,
+        });
+        self.shared.stats.accepted += 1;
+        self.after_visit(key);
+    }
+
+    // ------------------------------------------------------------------ 4. visit
+
+    /// Step 4: visit every connection on the run queue once.
+    fn visit_ready(&mut self) {
         let mut queue = std::mem::take(&mut self.run_queue);
         for &key in &queue {
             // `queued` is false if this key was freed and reused since it was queued.
-            if let Some(conn) = self.conns.get_mut(key)
-                && conn.queued
+            if let Some(client) = self.clients.get_mut(key)
+                && client.queued
             {
-                conn.queued = false;
+                client.queued = false;
                 self.visit(key);
             }
         }
@@ -375,488 +442,276 @@ impl Core {
         if self.run_queue.is_empty() {
             self.run_queue = queue; // keep the allocation
         }
-
-        self.flush_recipients();
-        self.fire_timers();
-        self.check_drain();
-        self.sweep();
     }
 
-    /// Accept waiting clients on listener `i`, at most [`ACCEPTS_PER_TURN`].
-    fn accept_some(&mut self, i: usize) {
-        for _ in 0..ACCEPTS_PER_TURN {
-            match self.listeners[i].acceptor.accept() {
-                Accepted::Conn(stream, peer) => {
-                    let service = self.listeners[i].service;
-                    self.admit(stream, peer, service);
-                }
-                Accepted::Empty => {
-                    self.listeners[i].pending = false;
-                    return;
-                }
-                Accepted::Shed => {
-                    self.stats.rejected += 1;
-                    self.log_rejection("out of file descriptors");
-                }
-                Accepted::Pause(e) => {
-                    warn!(
-                        "accept on {}: {e}; pausing accepts for {ACCEPT_PAUSE:?}",
-                        self.listeners[i].service
-                    );
-                    self.accept_paused_until = Some(self.now + ACCEPT_PAUSE);
-                    return;
-                }
-            }
-        }
-        // The cap was reached; `pending` stays set, so the next turn accepts more.
-    }
-
-    /// Take a new client in, or turn it away if `--max-conns` is reached.
-    fn admit(&mut self, stream: mio::net::TcpStream, peer: SocketAddr, service: ServiceKind) {
-        if self.conns.len() >= self.config.max_conns {
-            listener::reject(stream);
-            self.stats.rejected += 1;
-            self.log_rejection("--max-conns reached");
-            return;
-        }
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        let id = self.next_id;
-        self.next_id += 1;
-        if let Some(idle) = self.config.keepalive {
-            listener::spread_keepalive(&stream, idle, id);
-        }
-        let mut conn = Connection::new(id, stream, peer, service, self.now);
-        if let Err(e) = conn.register(&self.registry, Token(FIRST_CONN + key)) {
-            warn!("conn {id} {peer}: cannot register: {e}");
-            return;
-        }
-        debug!("conn {id} {peer} LISTEN -> ESTABLISHED (accepted on {service})");
-        if let Session::Broadcast(member) = &mut conn.session {
-            member.room_slot = self.room.len();
-            self.room.push(key);
-        }
-        entry.insert(conn);
-        self.stats.accepted += 1;
-        self.after_visit(key, false);
-    }
-
-    fn log_rejection(&mut self, why: &str) {
-        // A flood would log a line per client; one line a second says the same.
-        if self
-            .last_reject_log
-            .is_none_or(|t| self.now >= t + Duration::from_secs(1))
-        {
-            warn!(
-                "turning clients away: {why} ({} rejected so far)",
-                self.stats.rejected
-            );
-            self.last_reject_log = Some(self.now);
-        }
-    }
-
-    /// Step 4 for one connection: flush, read, deliver, each within its budget.
+    /// One connection: flush, read, deliver, each within its budget.
     fn visit(&mut self, key: usize) {
-        let max_buffer = self.config.max_buffer;
-        let max_line = self.config.max_line;
-        let limits = self.config.file_limits();
         let now = self.now;
-        let conn = &mut self.conns[key];
-        if conn.phase() == Phase::Closed {
+        let max_buffer = self.config.max_buffer;
+        let client = &mut self.clients[key];
+        if client.tcp.core.phase() == Phase::Closed {
             return;
         }
-        let moved_before = conn.bytes_in + conn.bytes_out;
-        let service = conn.service();
-
         // Write first: it frees queue space, which may lift the read pause below.
-        conn.flush(IO_BUDGET);
-        if service == ServiceKind::Echo {
-            conn.update_flow(max_buffer);
-        }
+        client.tcp.flush(IO_BUDGET);
+        client.tcp.core.update_flow(max_buffer);
 
         let mut budget = IO_BUDGET;
-        while budget > 0 && conn.wants_read() {
-            let want = conn.read_allowance(budget.min(self.scratch.len()));
-            match conn.read(&mut self.scratch[..want]) {
-                ReadOutcome::Data(n) => {
+        while budget > 0 && client.tcp.core.wants_read() {
+            let want = client
+                .tcp
+                .core
+                .read_allowance(budget.min(self.scratch.len()));
+            match client.tcp.read(&mut self.scratch[..want]) {
+                Input::Deliver(n) => {
                     budget -= n;
                     let data = &self.scratch[..n];
-                    if !conn.phase().delivers_input() {
-                        // A closing phase reads only to find the peer's FIN.
-                        conn.discarded += n as u64;
-                        continue;
-                    }
-                    match &mut conn.session {
-                        Session::Echo => {
-                            echo::on_input(data, conn);
-                            conn.update_flow(max_buffer);
-                        }
-                        Session::Broadcast(member) => {
-                            let framed = member.framer.push(data, max_line);
-                            if let Some(lines) = framed.lines {
-                                self.outbox.push((lines, framed.count));
-                            }
-                            if framed.too_long {
-                                conn.send(LINE_TOO_LONG);
-                                conn.step(Event::Close(CloseReason::Protocol("line too long")));
-                            }
-                        }
-                        Session::Files(transfer) => {
-                            let store = self.store.as_mut().expect("files service has a store");
-                            let outcome = transfer.on_input(data, now, store, &limits);
-                            apply_files(conn, outcome, &mut self.stats);
-                        }
-                    }
+                    serve(
+                        client,
+                        key,
+                        &mut self.room,
+                        &mut self.shared,
+                        now,
+                        |s, cx| s.on_input(data, cx),
+                    );
+                    client.tcp.core.update_flow(max_buffer);
                 }
-                ReadOutcome::Eof => {
-                    // Nothing a client sent is lost: a last line without "\n" still goes out.
-                    if conn.phase().delivers_input() {
-                        match &mut conn.session {
-                            Session::Echo => {}
-                            Session::Broadcast(member) => {
-                                if let Some(line) = member.framer.finish() {
-                                    self.outbox.push((line, 1));
-                                }
-                            }
-                            Session::Files(transfer) => {
-                                let outcome = transfer.on_eof();
-                                apply_files(conn, outcome, &mut self.stats);
-                            }
-                        }
-                    }
-                    conn.step(Event::PeerFin);
+                Input::Discard(n) => budget -= n,
+                Input::Eof { deliver: true } => {
+                    serve(
+                        client,
+                        key,
+                        &mut self.room,
+                        &mut self.shared,
+                        now,
+                        |s, cx| s.on_eof(cx),
+                    );
                 }
-                ReadOutcome::WouldBlock | ReadOutcome::Failed => {}
+                Input::Eof { deliver: false } | Input::Nothing => {}
             }
         }
 
-        // Graceful shutdown closes a connection once it has served what was pending and owes
-        // nothing (and, for broadcast, once no member has unread lines that it might owe).
-        if conn.phase() == Phase::Established
-            && conn.is_drained()
-            && (service != ServiceKind::Broadcast || !self.bcast_inputs_pending)
+        // A graceful stop closes a connection once it has served what was pending and owes
+        // nothing — and, for a broadcast member, once the room allows it.
+        if client.tcp.core.phase() == Phase::Established
+            && client.tcp.core.is_drained()
+            && self.room.may_close(key)
         {
-            if service == ServiceKind::Files {
-                // A client still sending its header is waiting for a reply: give it one.
-                conn.send(b"error: server shutting down\n");
-            }
-            conn.step(Event::Close(CloseReason::Shutdown));
+            serve(
+                client,
+                key,
+                &mut self.room,
+                &mut self.shared,
+                now,
+                |s, cx| s.on_drained(cx),
+            );
+            client.tcp.core.close(CloseReason::Shutdown);
         }
-        conn.settle();
-        let moved = conn.bytes_in + conn.bytes_out != moved_before;
-
-        if !self.outbox.is_empty() {
-            let mut outbox = std::mem::take(&mut self.outbox);
-            for (lines, count) in outbox.drain(..) {
-                self.fan_out(key, lines, count);
-            }
-            self.outbox = outbox;
-        }
-        self.after_visit(key, moved);
+        // The sender is released: its lines can go to the others.
+        self.room.fan_out(&mut self.clients);
+        self.after_visit(key);
     }
 
-    /// Queue a batch of lines from `sender` to every other established member of the room: a
-    /// pointer each, no copy. A recipient whose queue passes the hard limit is evicted on the
-    /// spot: a slow consumer must never slow the sender or the other recipients, nor grow the
-    /// server's memory without bound. The writes happen in [`Core::flush_recipients`].
-    fn fan_out(&mut self, sender: usize, lines: Rc<[u8]>, count: usize) {
-        self.stats.lines_in += count as u64;
-        for &key in &self.room {
-            let conn = &mut self.conns[key];
-            if key == sender || conn.phase() != Phase::Established {
-                continue;
-            }
-            conn.queue_shared(lines.clone());
-            self.stats.lines_out += count as u64;
-            let queued = conn.queue_footprint();
-            if queued > self.config.bcast_hard_limit {
-                warn!(
-                    "conn {} {} evicted: {queued} bytes queued, over the hard limit of {}",
-                    conn.id, conn.peer, self.config.bcast_hard_limit
-                );
-                conn.step(Event::Abort(AbortReason::Evicted(
-                    "output over the hard limit",
-                )));
-                self.stats.evicted += 1;
-            }
-            if !conn.flush_pending {
-                conn.flush_pending = true;
-                self.flush_list.push(key);
-            }
-        }
-    }
-
-    /// Step 5: write out what fan-out queued this turn, one vectored write per recipient.
-    fn flush_recipients(&mut self) {
-        let mut list = std::mem::take(&mut self.flush_list);
-        for &key in &list {
-            let conn = &mut self.conns[key];
-            conn.flush_pending = false;
-            let before = conn.bytes_out;
-            conn.flush(IO_BUDGET);
-            conn.settle();
-            let moved = conn.bytes_out != before;
-            self.after_visit(key, moved);
-        }
-        list.clear();
-        self.flush_list = list;
-    }
-
-    /// Bookkeeping after anything happened to a connection: activity time, CLOSED, closing
-    /// deadline, registered interest, run queue, timer.
-    fn after_visit(&mut self, key: usize, moved: bool) {
+    /// Bookkeeping after anything happened to a connection: settle its core, carry out the
+    /// socket effects it asks for, then CLOSED, the run queue, the soft limit, the timer.
+    fn after_visit(&mut self, key: usize) {
         let now = self.now;
-        let conn = &mut self.conns[key];
-        if moved {
-            conn.last_active = now;
-        }
-        if conn.phase().is_closing_actively() && conn.closing_deadline.is_none() {
-            conn.closing_deadline = Some(now + self.config.close_timeout);
-        }
-        conn.update_interest(&self.registry, Token(FIRST_CONN + key));
-        if conn.phase() == Phase::Closed {
+        let client = &mut self.clients[key];
+        client.tcp.core.settle(now, &self.timeouts);
+        client.tcp.carry_out(&self.registry, token(key));
+        if client.tcp.core.phase() == Phase::Closed {
             self.closed.push(key);
             return;
         }
-        if conn.wants_read() || conn.wants_flush() {
-            enqueue(&mut self.run_queue, conn, key);
+        if client.tcp.core.wants_read() || client.tcp.core.wants_flush() {
+            enqueue(&mut self.run_queue, client, key);
         }
-        let footprint = conn.queue_footprint();
-        if let Session::Broadcast(member) = &mut conn.session {
-            // The soft limit's clock runs only while the queue stays over it.
-            if footprint > self.config.bcast_soft_limit {
-                member.over_soft_since.get_or_insert(now);
-            } else {
-                member.over_soft_since = None;
-            }
-        }
-        if let Some(at) = conn.deadline(&self.config)
-            && conn.timer_at.is_none_or(|t| at < t)
+        self.room.note_queue(key, client.tcp.core.footprint(), now);
+        let deadline = [
+            client.tcp.core.deadline(&self.timeouts),
+            client.session.deadline(&self.shared),
+            self.room.deadline(key),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if let Some(at) = deadline
+            && client.timer_at.is_none_or(|t| at < t)
         {
-            conn.timer_at = Some(at);
+            client.timer_at = Some(at);
             self.timers.schedule(at, key);
         }
     }
 
-    /// Step 5: act on every connection timer that is due.
-    fn fire_timers(&mut self) {
-        while let Some((at, key)) = self.timers.pop_due(self.now) {
-            let Some(conn) = self.conns.get_mut(key) else {
-                continue; // the connection is gone
-            };
-            if conn.timer_at != Some(at) {
-                continue; // superseded by an earlier entry, or the slot was reused
-            }
-            conn.timer_at = None;
-            let now = self.now;
-            let moved_before = conn.bytes_in + conn.bytes_out;
-            if conn.phase().is_closing_actively() {
-                if conn.closing_deadline.is_some_and(|d| d <= now) {
-                    conn.step(Event::Abort(AbortReason::CloseTimeout));
-                }
-            } else {
-                let soft_time = self.config.bcast_soft_time;
-                let limits = self.config.file_limits();
-                if conn
-                    .over_soft_since()
-                    .is_some_and(|since| since + soft_time <= now)
-                {
-                    warn!(
-                        "conn {} {} evicted: {} bytes queued, over the soft limit of {} \
-                         for {soft_time:?}",
-                        conn.id,
-                        conn.peer,
-                        conn.queue_footprint(),
-                        self.config.bcast_soft_limit
-                    );
-                    self.stats.evicted += 1;
-                    conn.step(Event::Abort(AbortReason::Evicted(
-                        "output over the soft limit",
-                    )));
-                } else if let Session::Files(transfer) = &mut conn.session
-                    && transfer.deadline(&limits).is_some_and(|d| d <= now)
-                {
-                    let store = self.store.as_mut().expect("files service has a store");
-                    let outcome = transfer.on_timer(now, store, &limits);
-                    apply_files(conn, outcome, &mut self.stats);
-                }
-                if self
-                    .config
-                    .idle_timeout
-                    .is_some_and(|idle| conn.last_active + idle <= now)
-                {
-                    let event = match conn.phase() {
-                        Phase::Established => Event::Close(CloseReason::Idle),
-                        // CLOSE-WAIT that made no progress for the idle timeout: the peer
-                        // reads nothing of what we owe it. There is no orderly way left.
-                        _ => Event::Abort(AbortReason::IdleTimeout),
-                    };
-                    conn.step(event);
-                }
-                conn.settle();
-            }
-            let moved = conn.bytes_in + conn.bytes_out != moved_before;
-            self.after_visit(key, moved);
-        }
+    // ------------------------------------------------------------------ 5. flush the room
 
-        if let Some(at) = self.next_stats
-            && at <= self.now
-        {
-            info!("stats: {}", self.snapshot());
-            let interval = self.config.stats_interval.unwrap_or(Duration::MAX);
-            self.next_stats = Some((at + interval).max(self.now));
+    /// Step 5: write out what the room queued this turn, one vectored write per member.
+    fn flush_room(&mut self) {
+        let list = self.room.take_flush_list();
+        for &key in &list {
+            let client = &mut self.clients[key];
+            client.tcp.flush(IO_BUDGET);
+            self.after_visit(key);
         }
+        self.room.recycle_flush_list(list);
     }
 
-    /// Step 6: free every connection that reached CLOSED this turn. Dropping the stream closes
+    // ------------------------------------------------------------------ 6. timers
+
+    /// Step 6: act on every deadline that is due; the stats line; the drain.
+    fn fire_timers(&mut self) {
+        let now = self.now;
+        while let Some((at, key)) = self.timers.pop_due(now) {
+            let Some(client) = self.clients.get_mut(key) else {
+                continue; // the connection is gone
+            };
+            if client.timer_at != Some(at) {
+                continue; // superseded by an earlier entry, or the slot was reused
+            }
+            client.timer_at = None;
+            if !client.tcp.core.phase().is_closing_actively() {
+                self.room.on_timer(key, client, now);
+                if client.tcp.core.phase() != Phase::Closed {
+                    serve(
+                        client,
+                        key,
+                        &mut self.room,
+                        &mut self.shared,
+                        now,
+                        |s, cx| s.on_timer(cx),
+                    );
+                }
+            }
+            client.tcp.core.on_timer(now, &self.timeouts);
+            self.after_visit(key);
+        }
+        let clients = &self.clients;
+        self.timers.compact_if_bloated(clients.len(), |key, at| {
+            clients.get(key).is_some_and(|c| c.timer_at == Some(at))
+        });
+
+        if self.ticker.due(now) || self.stop.take_stats_wanted() {
+            info!("stats: {}", self.snapshot());
+        }
+        self.check_drain();
+    }
+
+    // ------------------------------------------------------------------ 7. sweep
+
+    /// Step 7: free every connection that reached CLOSED this turn. Dropping the stream closes
     /// the descriptor, which also removes it from epoll: no explicit deregister needed, since
     /// the descriptor is never shared.
     fn sweep(&mut self) {
         for key in self.closed.drain(..) {
             if self
-                .conns
+                .clients
                 .get(key)
-                .is_some_and(|c| c.phase() == Phase::Closed)
+                .is_some_and(|c| c.tcp.core.phase() == Phase::Closed)
             {
-                let conn = self.conns.remove(key);
-                if let Session::Broadcast(member) = &conn.session {
-                    let slot = member.room_slot;
-                    self.room.swap_remove(slot);
-                    if let Some(&moved) = self.room.get(slot)
-                        && let Session::Broadcast(m) = &mut self.conns[moved].session
-                    {
-                        m.room_slot = slot;
-                    }
-                }
-                self.stats.closed += 1;
-                self.stats.bytes_in += conn.bytes_in;
-                self.stats.bytes_out += conn.bytes_out;
-                self.stats.discarded += conn.discarded;
+                let client = self.clients.remove(key);
+                self.room.leave(key);
+                let core = &client.tcp.core;
+                let stats = &mut self.shared.stats;
+                stats.closed += 1;
+                stats.bytes_in += core.bytes_in();
+                stats.bytes_out += core.bytes_out();
+                stats.discarded += core.discarded();
                 debug!(
                     "conn {} {} released: {} bytes in, {} out",
-                    conn.id, conn.peer, conn.bytes_in, conn.bytes_out
+                    core.id(),
+                    core.peer(),
+                    core.bytes_in(),
+                    core.bytes_out()
                 );
             }
         }
     }
 
-    // --- stopping ---
-
-    fn collect_signals(&mut self) {
-        if let Some(signals) = &mut self.signals {
-            for signal in signals.pending() {
-                let name = if signal == SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
-                };
-                info!("received {name}");
-                self.signals_seen += 1;
-            }
-        }
-    }
-
-    fn stop_requested(&self) -> bool {
-        self.handle.requests() + self.signals_seen > self.stop_requests
-    }
-
-    /// The first stop request starts the drain; the second stops at once.
-    fn handle_stop_requests(&mut self) {
-        let requests = self.handle.requests() + self.signals_seen;
-        if requests <= self.stop_requests {
-            return;
-        }
-        if self.stop_requests == 0 {
-            self.begin_drain();
-        }
-        if requests >= 2 {
-            info!("second stop request: closing every connection now");
-            self.stop_now = true;
-            self.abort_all();
-        }
-        self.stop_requests = requests;
-    }
+    // ------------------------------------------------------------------ stopping
 
     /// Stop accepting and let every connection finish: each is closed through FIN-WAIT once it
     /// has no unread input and no unsent output.
     fn begin_drain(&mut self) {
         info!(
             "shutting down: listeners closed, draining {} connection(s) for at most {:?}",
-            self.conns.len(),
+            self.clients.len(),
             self.config.drain_timeout
         );
-        self.draining_until = Some(self.now + self.config.drain_timeout);
+        self.drain = Drain::begin(self.now, self.config.drain_timeout);
         // Dropping a listener closes it; clients still in its backlog are refused.
-        self.listeners.clear();
+        self.accepting.close_all();
         self.udp = None;
-        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            let conn = &mut self.conns[key];
-            conn.begin_drain();
-            enqueue(&mut self.run_queue, conn, key);
+        for (key, client) in self.clients.iter_mut() {
+            let finish = client.session.on_stop() == OnStop::Finish;
+            let pending = if finish {
+                0
+            } else {
+                client.tcp.unread_in_kernel()
+            };
+            client.tcp.core.begin_drain(pending, finish);
+            enqueue(&mut self.run_queue, client, key);
         }
-        self.bcast_inputs_pending = !self.room.is_empty();
+        self.room.begin_drain();
     }
 
+    /// The drain's progress (the room's hold) and its deadline.
     fn check_drain(&mut self) {
-        let Some(until) = self.draining_until else {
+        if !self.drain.stopping() {
             return;
-        };
-        if until <= self.now && !self.conns.is_empty() {
+        }
+        if self.drain.expired(self.now) && !self.clients.is_empty() {
             warn!(
                 "drain timeout: closing {} connection(s) that did not finish",
-                self.conns.len()
+                self.clients.len()
             );
             self.abort_all();
             return;
         }
-        if self.bcast_inputs_pending {
-            let conns = &self.conns;
-            let unread = self.room.iter().any(|&key| {
-                let c = &conns[key];
-                c.phase() == Phase::Established && c.read_allowance(1) > 0
-            });
-            if !unread {
-                // Every line received before the stop is queued: members may now close once
-                // they owe nothing. Visit them all so the idle ones do.
-                self.bcast_inputs_pending = false;
-                for &key in &self.room {
-                    enqueue(&mut self.run_queue, &mut self.conns[key], key);
-                }
+        if self.room.check_drain(&self.clients) {
+            // Every line received before the stop is queued: members may now close once they
+            // owe nothing. Visit them all so the idle ones do.
+            for key in self.room.members() {
+                enqueue(&mut self.run_queue, &mut self.clients[key], key);
             }
         }
     }
 
     fn abort_all(&mut self) {
-        for (key, conn) in self.conns.iter_mut() {
-            if conn.phase() != Phase::Closed {
-                conn.step(Event::Abort(AbortReason::Drain));
+        for (key, client) in self.clients.iter_mut() {
+            if client.tcp.core.phase() != Phase::Closed {
+                client.tcp.core.abort(AbortReason::Drain);
                 self.closed.push(key);
             }
         }
     }
 
     fn finished(&self) -> bool {
-        (self.draining_until.is_some() || self.stop_now) && self.conns.is_empty()
+        self.drain.stopping() && self.clients.is_empty()
     }
 
-    // --- stats ---
+    // ------------------------------------------------------------------ stats
 
     /// The totals so far, including what live connections have moved.
     fn totals(&self) -> Stats {
-        let mut totals = self.stats.clone();
-        for (_, conn) in &self.conns {
-            totals.bytes_in += conn.bytes_in;
-            totals.bytes_out += conn.bytes_out;
-            totals.discarded += conn.discarded;
+        let mut totals = self.shared.stats.clone();
+        let room = self.room.counters();
+        totals.lines_in = room.lines_in;
+        totals.lines_out = room.lines_out;
+        totals.evicted = room.evicted;
+        totals.rejected += self.accepting.rejected;
+        for (_, client) in &self.clients {
+            let core = &client.tcp.core;
+            totals.bytes_in += core.bytes_in();
+            totals.bytes_out += core.bytes_out();
+            totals.discarded += core.discarded();
         }
         totals
     }
 
     fn snapshot(&self) -> Snapshot {
         let mut phases = [0; Phase::ALL.len()];
-        for (_, conn) in &self.conns {
-            phases[conn.phase().index()] += 1;
+        for (_, client) in &self.clients {
+            phases[client.tcp.core.phase().index()] += 1;
         }
         Snapshot {
             totals: self.totals(),
@@ -871,35 +726,85 @@ impl Core {
     }
 }
 
-/// Carry out what the files service decided for a connection.
-fn apply_files(conn: &mut Connection, outcome: Outcome, stats: &mut Stats) {
-    match outcome {
-        Outcome::Continue => {}
-        Outcome::Reply(bytes) => conn.send(bytes),
-        Outcome::Done { line, name, bytes } => {
-            info!(
-                "conn {} {} stored {name:?} ({bytes} bytes)",
-                conn.id, conn.peer
-            );
-            stats.files_stored += 1;
-            conn.send(line.as_bytes());
-        }
-        Outcome::Refuse(reason) => {
-            info!(
-                "conn {} {} file transfer refused: {reason}",
-                conn.id, conn.peer
-            );
-            stats.files_refused += 1;
-            conn.send(format!("error: {reason}\n").as_bytes());
-            conn.step(Event::Close(CloseReason::Protocol("file transfer refused")));
+/// The loop's one `apply`: what a service asks, carried out for the client it serves.
+struct Apply<'a> {
+    tcp: &'a mut TcpConn,
+    room: &'a mut Room,
+    key: usize,
+}
+
+impl Actions for Apply<'_> {
+    fn act(&mut self, action: Action<'_>) {
+        match action {
+            Action::Reply(bytes) => self.tcp.send(bytes),
+            Action::Share { chunk, lines } => {
+                self.room.publish(Origin::Member(self.key), chunk, lines)
+            }
+            Action::Close(reason) => self.tcp.core.close(reason),
+            Action::Reset(reason) => self.tcp.core.abort(reason),
         }
     }
 }
 
+/// Hand one input to a client's service (`input` calls the right method), with [`Apply`]
+/// carrying out what it asks.
+fn serve(
+    client: &mut Client,
+    key: usize,
+    room: &mut Room,
+    shared: &mut Shared,
+    now: Instant,
+    input: impl FnOnce(&mut Session, &mut Cx<'_>),
+) {
+    let (id, peer) = (client.tcp.core.id(), client.tcp.core.peer());
+    let mut apply = Apply {
+        tcp: &mut client.tcp,
+        room,
+        key,
+    };
+    let mut cx = Cx {
+        id,
+        peer,
+        now,
+        shared,
+        out: &mut apply,
+    };
+    input(&mut client.session, &mut cx);
+}
+
+impl Mailbox for Client {
+    fn takes_lines(&self) -> bool {
+        self.tcp.core.phase() == Phase::Established
+    }
+
+    fn queue(&mut self, chunk: std::rc::Rc<[u8]>) {
+        self.tcp.core.queue_shared(chunk);
+    }
+
+    fn footprint(&self) -> usize {
+        self.tcp.core.footprint()
+    }
+
+    fn evict(&mut self, why: Eviction) {
+        let core = &mut self.tcp.core;
+        warn!("conn {} {} evicted: {why}", core.id(), core.peer());
+        core.abort(AbortReason::Evicted(why.reason()));
+    }
+
+    fn has_unread_input(&self) -> bool {
+        self.tcp.core.has_unread_input()
+    }
+}
+
+/// The poll token of the connection in slab slot `key`.
+fn token(key: usize) -> Token {
+    Token(FIRST_CONN + key)
+}
+
 /// Put a connection on the run queue unless it is there already.
-fn enqueue(run_queue: &mut Vec<usize>, conn: &mut Connection, key: usize) {
-    if !conn.queued {
-        conn.queued = true;
+fn enqueue(run_queue: &mut Vec<usize>, client: &mut Client, key: usize) {
+    if !client.queued {
+        client.queued = true;
         run_queue.push(key);
     }
 }

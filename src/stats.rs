@@ -1,6 +1,7 @@
 //! Counters the loop keeps, and the `key=value` line `--stats-interval` prints.
 
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use crate::lifecycle::Phase;
 
@@ -74,6 +75,39 @@ impl fmt::Display for Snapshot {
             s.udp_out,
             s.udp_dropped
         )
+    }
+}
+
+/// When the periodic stats line is due (`--stats-interval`).
+pub struct Ticker {
+    interval: Option<Duration>,
+    next: Option<Instant>,
+}
+
+impl Ticker {
+    /// Every `interval` from `now` (None: never).
+    pub fn new(interval: Option<Duration>, now: Instant) -> Ticker {
+        Ticker {
+            interval,
+            next: interval.and_then(|i| now.checked_add(i)),
+        }
+    }
+
+    /// The next time a line is due (for the poll timeout).
+    pub fn next(&self) -> Option<Instant> {
+        self.next
+    }
+
+    /// Is a line due at `now`? If so, the next one is scheduled (never in the past, so a
+    /// loop that fell behind does not print a burst).
+    pub fn due(&mut self, now: Instant) -> bool {
+        match (self.next, self.interval) {
+            (Some(at), Some(interval)) if at <= now => {
+                self.next = at.checked_add(interval).map(|t| t.max(now));
+                true
+            }
+            _ => false,
+        }
     }
 }
 

@@ -1,121 +1,199 @@
-//! Property tests of the sans-IO parts: random event sequences through the lifecycle, random
-//! chunkings of broadcast lines and file headers. Whatever order events come in and however TCP
+//! Property tests of the sans-IO parts: random event sequences through the real connection core,
+//! random chunkings of broadcast lines and file headers. Whatever order events come in and however TCP
 //! splits the bytes, the invariants hold.
+
+use std::io::IoSlice;
+use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use resound::lifecycle::{AbortReason, CloseReason, Event, Phase};
+use resound::connection::{
+    Action, Connection, Input, ReadResult, Readiness, Source, Timeouts, WriteResult,
+};
+use resound::lifecycle::{AbortReason, CloseReason, Phase};
 use resound::service::broadcast::LineFramer;
 use resound::service::files::{Header, parse_header};
 
-// --- the lifecycle, driven like a connection drives it ---
+// --- the lifecycle: the real connection core, driven like the I/O layer drives it ---
 
-/// What can happen to a connection, as the connection layer sees it.
+/// What can happen to a connection, as the I/O layer sees it.
 #[derive(Clone, Debug)]
 enum Op {
     /// The service queues bytes for the peer.
     Queue(u16),
     /// The socket takes up to this many queued bytes.
     Flush(u16),
+    /// The socket's send buffer is full.
+    WouldBlock,
+    /// A writable event.
+    Writable,
+    /// Bytes arrive from the peer.
+    Data(u16),
+    /// The peer's FIN arrives.
     PeerFin,
+    /// The server decides to close.
     Close,
+    /// The connection is aborted.
     Abort,
+    /// Time passes (seconds).
+    Wait(u8),
+}
+
+/// Byte counts: mostly small (so queues empty and refill often, where the rules bite), some
+/// large.
+fn bytes() -> impl Strategy<Value = u16> {
+    prop_oneof![3 => 0u16..64, 1 => any::<u16>()]
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => any::<u16>().prop_map(Op::Queue),
-        3 => any::<u16>().prop_map(Op::Flush),
+        3 => bytes().prop_map(Op::Queue),
+        3 => bytes().prop_map(Op::Flush),
+        1 => Just(Op::WouldBlock),
+        1 => Just(Op::Writable),
+        2 => bytes().prop_map(Op::Data),
         1 => Just(Op::PeerFin),
         1 => Just(Op::Close),
         1 => Just(Op::Abort),
+        1 => (0u8..20).prop_map(Op::Wait),
     ]
 }
 
-/// A model connection: a phase, the bytes owed, and what has been done with them.
-struct Model {
-    phase: Phase,
-    queued: u64,
-    fin_seen: bool,
+const TIMEOUTS: Timeouts = Timeouts {
+    idle: Some(Duration::from_secs(30)),
+    close: Duration::from_secs(5),
+};
+
+/// What the test knows independently of the core: bytes handed to it and bytes the socket took.
+#[derive(Default)]
+struct Ledger {
+    /// Bytes the core accepted to send (queued while our side was open).
+    owed: u64,
+    /// Bytes the socket took.
+    written: u64,
+    fin_read: bool,
     our_fin_sent: bool,
+    aborted: bool,
 }
 
-impl Model {
-    fn step(&mut self, event: Event) {
-        let next = self.phase.next(&event);
-        if self.phase == Phase::Closed {
-            assert_eq!(next, Phase::Closed, "CLOSED is terminal");
+/// Apply one op to the core, as the I/O layer would.
+fn apply(c: &mut Connection, op: &Op, ledger: &mut Ledger, now: &mut Instant) {
+    match *op {
+        Op::Queue(n) => {
+            if c.phase().writes() {
+                ledger.owed += u64::from(n);
+            }
+            c.queue_copy(&vec![0; usize::from(n)]);
         }
-        if next == Phase::FinWait2 && self.phase != Phase::FinWait2 {
-            assert_eq!(self.queued, 0, "our FIN must follow every byte we owed");
-            self.our_fin_sent = true;
+        Op::Flush(n) => {
+            if c.wants_flush() {
+                let mut slices = [IoSlice::new(&[]); 8];
+                let k = c.transmit(usize::from(n).max(1), &mut slices);
+                let len: usize = slices[..k].iter().map(|s| s.len()).sum();
+                ledger.written += c.on_write(WriteResult::Wrote(len), Source::Queue) as u64;
+            }
         }
-        if next == Phase::Closed && self.phase != Phase::Closed && !matches!(event, Event::Abort(_))
-        {
-            assert_eq!(self.queued, 0, "an orderly close lost queued bytes");
+        Op::WouldBlock => {
+            c.on_write(WriteResult::WouldBlock, Source::Queue);
         }
-        self.phase = next;
-    }
-
-    /// What the connection layer does after every change: report an empty queue.
-    fn settle(&mut self) {
-        if self.queued == 0 {
-            self.step(Event::Flushed);
+        Op::Writable => c.on_readiness(Readiness {
+            writable: true,
+            ..Readiness::default()
+        }),
+        Op::Data(n) => {
+            c.on_readiness(Readiness {
+                readable: true,
+                ..Readiness::default()
+            });
+            if c.wants_read() {
+                let n = usize::from(n).max(1);
+                let input = c.on_read(ReadResult::Data { n, asked: n });
+                assert!(matches!(input, Input::Deliver(_) | Input::Discard(_)));
+            }
+        }
+        Op::PeerFin => {
+            c.on_readiness(Readiness {
+                readable: true,
+                hup: true,
+                ..Readiness::default()
+            });
+            // A FIN can only be read while the read side is open, and only once.
+            if c.wants_read() && !ledger.fin_read {
+                ledger.fin_read = true;
+                c.on_read(ReadResult::Eof);
+            }
+        }
+        Op::Close => c.close(CloseReason::Shutdown),
+        Op::Abort => {
+            if c.phase() != Phase::Closed {
+                ledger.aborted = true;
+            }
+            c.abort(AbortReason::Drain);
+        }
+        Op::Wait(secs) => {
+            *now += Duration::from_secs(u64::from(secs));
+            let before = c.phase();
+            c.on_timer(*now, &TIMEOUTS);
+            if c.phase() == Phase::Closed && before != Phase::Closed && before != Phase::Established
+            {
+                // A timeout in a closing phase or CLOSE-WAIT is an abort: it may drop bytes.
+                ledger.aborted = true;
+            }
         }
     }
 }
 
 proptest! {
-    /// CLOSED is terminal; no orderly path to CLOSED loses a queued byte; our FIN never
-    /// overtakes queued bytes; no phase reads after the peer's FIN or writes after ours.
+    /// The real core, any event sequence: CLOSED is terminal; our FIN (`shutdown(Write)`) is
+    /// asked for only once every byte we owed has been written; no orderly path to CLOSED
+    /// loses a queued byte; nothing is read after the peer's FIN nor written after ours.
     #[test]
-    fn lifecycle_invariants_hold_for_any_event_sequence(ops in prop::collection::vec(op(), 0..60)) {
-        let mut m = Model { phase: Phase::Established, queued: 0, fin_seen: false, our_fin_sent: false };
+    fn lifecycle_invariants_hold_for_any_event_sequence(ops in prop::collection::vec(op(), 0..80)) {
+        let mut now = Instant::now();
+        let mut c = Connection::new(1, "127.0.0.1:9".parse().unwrap(), now, true);
+        let mut ledger = Ledger::default();
         for op in ops {
-            match op {
-                Op::Queue(n) => {
-                    if m.phase.writes() {
-                        m.queued += u64::from(n);
-                    }
+            let before = c.phase();
+            apply(&mut c, &op, &mut ledger, &mut now);
+            c.settle(now, &TIMEOUTS);
+            while let Some(action) = c.poll_action() {
+                if action == Action::ShutdownWrite {
+                    prop_assert_eq!(ledger.written, ledger.owed, "our FIN overtook queued bytes");
+                    prop_assert!(!ledger.our_fin_sent, "two FINs");
+                    ledger.our_fin_sent = true;
                 }
-                Op::Flush(n) => {
-                    if m.phase.writes() {
-                        m.queued -= m.queued.min(u64::from(n));
-                    }
-                }
-                Op::PeerFin => {
-                    // A FIN can only be read while the read side is open, and only once.
-                    if m.phase.reads() && !m.fin_seen {
-                        m.fin_seen = true;
-                        m.step(Event::PeerFin);
-                    }
-                }
-                Op::Close => m.step(Event::Close(CloseReason::Shutdown)),
-                Op::Abort => m.step(Event::Abort(AbortReason::Drain)),
             }
-            m.settle();
-            if m.fin_seen {
-                prop_assert!(!m.phase.reads(), "{} reads after the peer's FIN", m.phase);
+            if before == Phase::Closed {
+                prop_assert_eq!(c.phase(), Phase::Closed, "CLOSED is terminal");
             }
-            if m.our_fin_sent {
-                prop_assert!(!m.phase.writes(), "{} writes after our FIN", m.phase);
+            if c.phase() == Phase::Closed && !ledger.aborted {
+                prop_assert_eq!(ledger.written, ledger.owed, "an orderly close lost queued bytes");
+            }
+            if ledger.fin_read {
+                prop_assert!(!c.phase().reads() && !c.wants_read(), "{} reads after the peer's FIN", c.phase());
+            }
+            if ledger.our_fin_sent {
+                prop_assert!(!c.phase().writes() && !c.can_write_through(), "{} writes after our FIN", c.phase());
             }
         }
     }
 
     /// Once both sides have said FIN and nothing is owed, the connection is CLOSED.
     #[test]
-    fn both_fins_and_nothing_owed_means_closed(server_first in any::<bool>()) {
-        let mut m = Model { phase: Phase::Established, queued: 0, fin_seen: false, our_fin_sent: false };
+    fn both_fins_and_nothing_owed_means_closed(server_first in any::<bool>(), owed in 0u16..100) {
+        let now = Instant::now();
+        let mut c = Connection::new(1, "127.0.0.1:9".parse().unwrap(), now, true);
+        let mut ledger = Ledger::default();
+        let mut t = now;
+        apply(&mut c, &Op::Queue(owed), &mut ledger, &mut t);
         if server_first {
-            m.step(Event::Close(CloseReason::Idle));
-            m.settle();
-            m.step(Event::PeerFin);
-        } else {
-            m.step(Event::PeerFin);
+            c.close(CloseReason::Idle);
+            c.settle(now, &TIMEOUTS);
         }
-        m.settle();
-        prop_assert_eq!(m.phase, Phase::Closed);
+        apply(&mut c, &Op::PeerFin, &mut ledger, &mut t);
+        apply(&mut c, &Op::Flush(u16::MAX), &mut ledger, &mut t);
+        c.settle(now, &TIMEOUTS);
+        prop_assert_eq!(c.phase(), Phase::Closed);
     }
 }
 

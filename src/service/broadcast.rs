@@ -5,31 +5,53 @@
 //!
 //! * framing, in this file and free of I/O: bytes in, whole lines out. A line is delivered
 //!   only once its `\n` has arrived, so it is never split; the complete lines of one read are
-//!   stored once, in one reference-counted chunk, and that chunk is queued by reference to
-//!   every recipient — N recipients cost N pointers, not N copies, and because a chunk holds
-//!   only whole lines, lines from different senders never interleave;
-//! * fan-out, in the loop (`server.rs`): the room of members, the per-recipient queues and the
-//!   output limits that evict a client that does not keep up.
+//!   stored once, in one reference-counted chunk, and the member asks for that chunk to be
+//!   shared ([`Action::Share`]) — N recipients cost N pointers, not N copies, and because a
+//!   chunk holds only whole lines, lines from different senders never interleave;
+//! * the room (`room.rs`): who the members are, fan-out of shared chunks to each one's queue,
+//!   and the output limits that evict a member that does not keep up.
 //!
 //! A final unterminated line at the sender's EOF is delivered with `\n` appended, so nothing a
 //! client sent is lost. A line longer than `--max-line` (without its `\n`) is a protocol error:
 //! no part of it is delivered; the sender gets `error: line too long` and is closed.
 
 use std::rc::Rc;
-use std::time::Instant;
+
+use super::{Action, Cx, Service};
+use crate::lifecycle::CloseReason;
 
 /// What a client that sent an overlong line receives before the server closes it.
 pub const LINE_TOO_LONG: &[u8] = b"error: line too long\n";
 
-/// Per-connection state of a broadcast member.
+/// Per-connection state of a broadcast member: only the line it is in the middle of. (Its
+/// place in the room and its output limits are the room's business.)
 #[derive(Debug, Default)]
 pub struct Member {
     /// The unterminated line received so far.
     pub framer: LineFramer,
-    /// This member's index in the server's room list (for O(1) removal).
-    pub room_slot: usize,
-    /// Since when the member's output queue has been over the soft limit, if it is.
-    pub over_soft_since: Option<Instant>,
+}
+
+impl Service for Member {
+    fn on_input(&mut self, data: &[u8], cx: &mut Cx<'_>) {
+        let framed = self.framer.push(data, cx.shared.max_line);
+        if let Some(chunk) = framed.lines {
+            cx.act(Action::Share {
+                chunk,
+                lines: framed.count,
+            });
+        }
+        if framed.too_long {
+            cx.act(Action::Reply(LINE_TOO_LONG));
+            cx.act(Action::Close(CloseReason::Protocol("line too long")));
+        }
+    }
+
+    /// Nothing a client sent is lost: a last line without `\n` still goes out.
+    fn on_eof(&mut self, cx: &mut Cx<'_>) {
+        if let Some(chunk) = self.framer.finish() {
+            cx.act(Action::Share { chunk, lines: 1 });
+        }
+    }
 }
 
 /// What one batch of input produced.
@@ -237,13 +259,49 @@ mod tests {
         }
     }
 
+    // --- the member, as the loop drives it ---
+
+    use crate::service::Recorded;
+    use crate::service::testing::{run, shared};
+    use std::time::Instant;
+
     #[test]
-    fn test_a_chunk_is_shared_not_copied() {
-        let mut fr = LineFramer::default();
-        let chunk = fr.push(b"hi\n", 10).lines.unwrap();
-        let for_a = chunk.clone();
-        let for_b = chunk.clone();
-        assert!(Rc::ptr_eq(&for_a, &for_b));
-        assert_eq!(Rc::strong_count(&chunk), 3);
+    fn test_member_shares_each_reads_complete_lines_as_one_chunk() {
+        let mut sh = shared(None);
+        let mut m = Member::default();
+        let got = run(&mut sh, Instant::now(), |cx| m.on_input(b"a\nb\npart", cx));
+        assert_eq!(got, [Recorded::Share(b"a\nb\n".to_vec(), 2)]);
+        let got = run(&mut sh, Instant::now(), |cx| m.on_input(b"ial", cx));
+        assert!(got.is_empty(), "no line ends: nothing shared yet");
+        let got = run(&mut sh, Instant::now(), |cx| m.on_eof(cx));
+        assert_eq!(got, [Recorded::Share(b"partial\n".to_vec(), 1)]);
+    }
+
+    #[test]
+    fn test_member_with_an_overlong_line_is_told_and_closed_after_its_good_lines() {
+        let mut sh = shared(None); // max_line 16
+        let mut m = Member::default();
+        let got = run(&mut sh, Instant::now(), |cx| {
+            m.on_input(b"fine\nthis line is far too long\n", cx)
+        });
+        assert_eq!(
+            got,
+            [
+                Recorded::Share(b"fine\n".to_vec(), 1),
+                Recorded::Reply(LINE_TOO_LONG.to_vec()),
+                Recorded::Close(CloseReason::Protocol("line too long")),
+            ]
+        );
+    }
+
+    #[test]
+    fn test_member_eof_without_a_pending_line_shares_nothing() {
+        let mut sh = shared(None);
+        let mut m = Member::default();
+        let got = run(&mut sh, Instant::now(), |cx| {
+            m.on_input(b"done\n", cx);
+            m.on_eof(cx);
+        });
+        assert_eq!(got, [Recorded::Share(b"done\n".to_vec(), 1)]);
     }
 }

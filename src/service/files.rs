@@ -23,13 +23,17 @@
 //!   seed name that looks like the start of a header (`2024 notes.txt`, `12345`) is only taken
 //!   as one when the header timeout expires.
 //!
-//! This module decides; [`crate::storage`] touches the disk; the loop moves the bytes.
+//! This module decides (the [`Transfer`] machine, behind the one [`Service`] interface);
+//! [`crate::storage`] touches the disk; the loop moves the bytes.
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use log::info;
 use sha2::{Digest, Sha256};
 
+use super::{Action, Cx, OnStop, Service, Shared};
+use crate::lifecycle::CloseReason;
 use crate::storage::{PARTIAL_DIR, Store, Upload};
 
 /// The longest file name accepted (the common filesystem limit, in bytes).
@@ -426,6 +430,73 @@ impl Transfer {
     fn refuse(&mut self, reason: String) -> Outcome {
         self.stage = Stage::Over;
         Outcome::Refuse(reason)
+    }
+}
+
+/// The files service behind the one service interface: each input is handed to the transfer
+/// machine above, and its [`Outcome`] becomes actions.
+impl Service for Transfer {
+    fn on_input(&mut self, data: &[u8], cx: &mut Cx<'_>) {
+        let Some(store) = cx.shared.store.as_mut() else {
+            return; // no files listener, so no files connection
+        };
+        let outcome = Transfer::on_input(self, data, cx.now, store, &cx.shared.file_limits);
+        carry_out(outcome, cx);
+    }
+
+    fn on_eof(&mut self, cx: &mut Cx<'_>) {
+        let outcome = Transfer::on_eof(self);
+        carry_out(outcome, cx);
+    }
+
+    fn on_timer(&mut self, cx: &mut Cx<'_>) {
+        let limits = cx.shared.file_limits;
+        if Transfer::deadline(self, &limits).is_none_or(|d| d > cx.now) {
+            return;
+        }
+        let Some(store) = cx.shared.store.as_mut() else {
+            return;
+        };
+        let outcome = Transfer::on_timer(self, cx.now, store, &limits);
+        carry_out(outcome, cx);
+    }
+
+    fn deadline(&self, shared: &Shared) -> Option<Instant> {
+        Transfer::deadline(self, &shared.file_limits)
+    }
+
+    fn on_stop(&self) -> OnStop {
+        if self.is_receiving() {
+            OnStop::Finish
+        } else {
+            OnStop::ServePending
+        }
+    }
+
+    /// A client still sending its header is waiting for a reply: give it one.
+    fn on_drained(&mut self, cx: &mut Cx<'_>) {
+        cx.act(Action::Reply(b"error: server shutting down\n"));
+    }
+}
+
+/// Turn what the transfer machine decided into actions, log lines and counters.
+fn carry_out(outcome: Outcome, cx: &mut Cx<'_>) {
+    match outcome {
+        Outcome::Continue => {}
+        Outcome::Reply(bytes) => cx.act(Action::Reply(bytes)),
+        Outcome::Done { line, name, bytes } => {
+            info!("conn {} {} stored {name:?} ({bytes} bytes)", cx.id, cx.peer);
+            cx.shared.stats.files_stored += 1;
+            cx.act(Action::Reply(line.as_bytes()));
+        }
+        Outcome::Refuse(reason) => {
+            info!("conn {} {} file transfer refused: {reason}", cx.id, cx.peer);
+            cx.shared.stats.files_refused += 1;
+            cx.act(Action::Reply(format!("error: {reason}\n").as_bytes()));
+            cx.act(Action::Close(CloseReason::Protocol(
+                "file transfer refused",
+            )));
+        }
     }
 }
 
