@@ -107,6 +107,8 @@ fn serve(conn: &mut Conn, buf: &mut [u8]) -> io::Result<bool> {
 fn write_some(stream: &mut TcpStream, pending: &mut Vec<u8>) -> io::Result<bool> {
     while !pending.is_empty() {
         match stream.write(pending) {
+            // A socket that takes nothing would make this loop spin forever.
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 pending.drain(..n);
             }

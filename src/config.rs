@@ -7,10 +7,14 @@ use std::time::Duration;
 
 use crate::service::files::Limits;
 
-/// Default addresses, used when no service is named on the command line.
+/// Echo's address when no service is named on the command line.
 pub const DEFAULT_ECHO: &str = "127.0.0.1:7000";
+/// Broadcast's address when no service is named on the command line.
 pub const DEFAULT_BROADCAST: &str = "127.0.0.1:7001";
+/// The files service's address when no service is named on the command line.
 pub const DEFAULT_FILES: &str = "127.0.0.1:7002";
+/// UDP echo's address when no service is named on the command line (the same port as TCP
+/// echo: TCP and UDP ports are separate name spaces).
 pub const DEFAULT_UDP: &str = "127.0.0.1:7000";
 
 /// How many file descriptors `--max-conns` leaves for everything that is not a client: the
@@ -18,6 +22,7 @@ pub const DEFAULT_UDP: &str = "127.0.0.1:7000";
 /// EMFILE. Redis reserves 32 the same way.
 pub const FD_RESERVE: usize = 32;
 
+/// The whole configuration of a server.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// TCP echo listener (`--echo`).
@@ -52,6 +57,7 @@ pub struct Config {
     /// ... and one whose pending output stays over this for `bcast_soft_time` is disconnected
     /// too (`--bcast-soft-limit`, `--bcast-soft-time`): Redis's pub/sub output limits.
     pub bcast_soft_limit: usize,
+    /// How long a broadcast client may stay over `bcast_soft_limit`.
     pub bcast_soft_time: Duration,
     /// How long a graceful shutdown waits for connections to finish (`--drain-timeout`).
     pub drain_timeout: Duration,

@@ -53,7 +53,12 @@ pub struct Readiness {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadResult {
     /// `n` bytes arrived, `asked` were asked for.
-    Data { n: usize, asked: usize },
+    Data {
+        /// Bytes read.
+        n: usize,
+        /// The buffer's size: a shorter read means the receive queue is empty for now.
+        asked: usize,
+    },
     /// `read()` returned 0: the peer's FIN.
     Eof,
     /// The receive queue is empty for now.
@@ -87,11 +92,14 @@ pub enum Source {
 pub enum Input {
     /// Hand these `n` bytes to the service.
     Deliver(usize),
-    /// `n` bytes read in a closing phase, only to find the peer's FIN: dropped.
+    /// This many bytes read in a closing phase, only to find the peer's FIN: dropped.
     Discard(usize),
     /// The peer's FIN. `deliver`: the service was still taking input, so it must hear of it
     /// (a last unterminated line, the end of a file).
-    Eof { deliver: bool },
+    Eof {
+        /// The service was taking input and must be told.
+        deliver: bool,
+    },
     /// Nothing (the queue was empty, or the read failed and the connection is now CLOSED).
     Nothing,
 }
@@ -107,7 +115,10 @@ pub enum Action {
     ResetOnClose,
     /// Register for these events: readable always, writable only while bytes are queued.
     /// If re-registering fails, report it with [`Connection::abort`].
-    Interest { writable: bool },
+    Interest {
+        /// Include WRITABLE.
+        writable: bool,
+    },
 }
 
 /// The timeouts the core is held to (from the [`Config`](crate::Config)); passed in, not

@@ -10,23 +10,31 @@
 //! Follow one byte from accept to close by reading the files in this order:
 //!
 //! * `main.rs`, [`cli`]: the `resound` command; parses arguments into a [`Config`].
-//! * [`send`]: `resound send`, the blocking client that sends a file and checks its receipt.
-//! * [`server`]: the event loop. Tokens, the accept loop, the run queue, broadcast fan-out and
-//!   output limits, timers, graceful shutdown and the deferred-close sweep. Decides *when* each
-//!   socket is served.
-//! * [`listener`]: binding sockets and accepting clients, including running out of descriptors.
-//! * [`connection`]: one TCP connection — the only code that reads or writes a `TcpStream`.
-//!   Edge-triggered reads, write-through with queueing, backpressure, phase changes.
-//! * [`lifecycle`]: the phases and the rules between them, free of I/O and unit-tested.
+//! * `server.rs`: the event loop, [`Server`]. One turn is seven numbered steps (poll, note the
+//!   events, take in stop requests / clients / datagrams, visit ready connections, flush the
+//!   room, fire timers, sweep), each one call into the type that owns that concern.
+//! * `listener.rs`: binding sockets and accepting clients, including running out of descriptors.
+//! * `tcp.rs`: one client's socket — the only code that reads or writes a client `TcpStream`,
+//!   a thin layer that reports each syscall's result to the core and carries out its actions.
+//! * [`connection`]: the sans-IO connection core — readiness, reads, writes, backpressure,
+//!   the graceful drain, timeouts — events in, actions out, unit-tested on a fake clock.
+//! * [`lifecycle`]: the phases and the rules between them.
 //! * [`outqueue`]: the bytes owed to a peer that its socket would not take yet.
-//! * [`service`]: what each service does with the bytes it gets: echo, the broadcast line
-//!   framer, the file-transfer header parser and transfer state machine.
-//! * [`storage`]: the receiving directory: temporaries, no-replace renames, cleanup.
-//! * [`udp`]: the UDP echo socket: no connections, no queue, drops instead of blocking.
-//! * [`timer`]: the lazy deadline queue behind idle and closing timeouts.
-//! * [`shutdown`]: the [`Handle`] that stops a server from another thread.
+//! * [`service`]: what each service does with the bytes it gets, behind one interface:
+//!   echo (TCP and UDP), the broadcast line framer, the file-transfer header parser and
+//!   transfer state machine.
+//! * `room.rs`: the broadcast room — membership, fan-out, output limits, the drain guarantee.
+//! * `storage.rs`: the receiving directory: temporaries, no-replace renames, cleanup.
+//! * `udp.rs`: the UDP socket: no connections, no queue, drops instead of blocking.
+//! * `timer.rs`: the lazy deadline queue behind every per-connection timeout.
+//! * `shutdown.rs`: signals, the [`Handle`], the graceful drain.
 //! * [`stats`]: counters and the stats line.
-//! * [`bench`](mod@bench): `resound bench`, the load generator (a client: separate from everything above).
+//! * [`send`]: `resound send`, the blocking client that sends a file and checks its receipt.
+//! * [`bench`](mod@bench): `resound bench`, the load generator (a client: separate from
+//!   everything above).
+//!
+//! The public modules are the ones the binary, the tests, the benchmarks and the fuzz targets
+//! use; the rest is private to the server.
 //!
 //! # Running a server in-process
 //!
@@ -51,23 +59,26 @@ use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 
+// The public surface, chosen on purpose: what the binary, the tests, the benchmarks and the
+// fuzz targets use, each documented. Everything else is the server's own business.
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod lifecycle;
-pub mod listener;
 pub mod outqueue;
-pub mod room;
 pub mod send;
-pub mod server;
 pub mod service;
-pub mod shutdown;
 pub mod stats;
-pub mod storage;
-pub mod tcp;
-pub mod timer;
-pub mod udp;
+
+pub(crate) mod listener;
+pub(crate) mod room;
+pub(crate) mod server;
+pub(crate) mod shutdown;
+pub(crate) mod storage;
+pub(crate) mod tcp;
+pub(crate) mod timer;
+pub(crate) mod udp;
 
 pub use config::Config;
 pub use server::{Bound, Server};
@@ -83,11 +94,6 @@ pub struct Running {
 }
 
 impl Running {
-    /// Every socket bound, with its actual address.
-    pub fn bound(&self) -> &[Bound] {
-        &self.bound
-    }
-
     /// The address `service` is bound to. Panics if that service is not running.
     pub fn addr(&self, service: ServiceKind) -> SocketAddr {
         self.bound
@@ -97,6 +103,7 @@ impl Running {
             .addr
     }
 
+    /// A handle that stops the server from any thread.
     pub fn handle(&self) -> &Handle {
         &self.handle
     }

@@ -43,11 +43,17 @@ use std::io;
 /// (queued bytes, deadlines) lives in the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Phase {
+    /// Both directions open.
     Established,
+    /// The peer's FIN was read; we flush what we owe, then close.
     CloseWait,
+    /// The server decided to close; flushing what we owe before our FIN.
     FinWait1,
+    /// Our FIN is sent; waiting for the peer's.
     FinWait2,
+    /// Both closed at once; flushing, then close.
     Closing,
+    /// Released.
     Closed,
 }
 

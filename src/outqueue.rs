@@ -43,6 +43,7 @@ pub struct OutQueue {
 }
 
 impl OutQueue {
+    /// An empty queue (no allocation).
     pub fn new() -> OutQueue {
         OutQueue::default()
     }
@@ -52,6 +53,7 @@ impl OutQueue {
         self.len
     }
 
+    /// Is nothing owed?
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

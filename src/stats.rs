@@ -41,7 +41,9 @@ pub struct Stats {
 
 /// Stats plus the number of live connections in each phase: what a stats line prints.
 pub struct Snapshot {
+    /// The counters.
     pub totals: Stats,
+    /// Live connections per phase, indexed by [`Phase::index`].
     pub phases: [usize; Phase::ALL.len()],
 }
 

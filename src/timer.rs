@@ -42,13 +42,9 @@ impl Timers {
     }
 
     /// Entries held, stale ones included.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.heap.len()
-    }
-
-    /// Is nothing scheduled?
-    pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
     }
 
     /// The earliest scheduled time, if any.

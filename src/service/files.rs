@@ -24,7 +24,7 @@
 //!   as one when the header timeout expires.
 //!
 //! This module decides (the [`Transfer`] machine, behind the one [`Service`] interface);
-//! [`crate::storage`] touches the disk; the loop moves the bytes.
+//! `storage.rs` touches the disk; the loop moves the bytes.
 
 use std::fmt;
 use std::time::{Duration, Instant};
