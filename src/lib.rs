@@ -22,6 +22,8 @@
 //! * [`service`]: what each service does with the bytes it gets: echo, the broadcast line
 //!   framer, the file-transfer header parser and transfer state machine.
 //! * [`storage`]: the receiving directory: temporaries, no-replace renames, cleanup.
+//! * [`digest`]: the two hash algorithms and the `done <BYTES> <ALG>:<HEX>` line, shared by the
+//!   files service and `resound send`.
 //! * [`udp`]: the UDP echo socket: no connections, no queue, drops instead of blocking.
 //! * [`timer`]: the lazy deadline queue behind idle and closing timeouts.
 //! * [`shutdown`]: the [`Handle`] that stops a server from another thread.
@@ -55,6 +57,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod digest;
 pub mod lifecycle;
 pub mod listener;
 pub mod outqueue;
