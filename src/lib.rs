@@ -25,6 +25,8 @@
 //!   transfer state machine.
 //! * `room.rs`: the broadcast room — membership, fan-out, output limits, the drain guarantee.
 //! * `storage.rs`: the receiving directory: temporaries, no-replace renames, cleanup.
+//! * [`digest`]: the two hash algorithms and the `done <BYTES> <ALG>:<HEX>` line, shared by the
+//!   files service and `resound send`.
 //! * `udp.rs`: the UDP socket: no connections, no queue, drops instead of blocking.
 //! * `timer.rs`: the lazy deadline queue behind every per-connection timeout.
 //! * `shutdown.rs`: signals, the [`Handle`], the graceful drain.
@@ -65,6 +67,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod digest;
 pub mod lifecycle;
 pub mod outqueue;
 pub mod send;

@@ -16,8 +16,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
+use crate::digest::{Algorithm, Digest, Done, Hasher};
 use crate::service::files::{self, OK};
 
 /// Bytes read from the file and written to the socket at a time.
@@ -40,7 +39,8 @@ pub struct SendOptions<'a> {
 pub struct Sent {
     pub name: String,
     pub bytes: u64,
-    pub sha256: String,
+    /// The hash the server confirmed the transfer with.
+    pub digest: Digest,
     pub elapsed: Duration,
 }
 
@@ -49,12 +49,13 @@ impl fmt::Display for Sent {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         write!(
             f,
-            "sent {:?}: {} in {:.2} s ({}/s); stored, sha256 {}",
+            "sent {:?}: {} in {:.2} s ({}/s); stored, {} {}",
             self.name,
             human(self.bytes as f64),
             secs,
             human(self.bytes as f64 / secs),
-            self.sha256
+            self.digest.algorithm,
+            self.digest.hex()
         )
     }
 }
@@ -74,7 +75,7 @@ pub enum SendError {
     /// The server stored something other than what was sent.
     Mismatch {
         sent: u64,
-        sent_hash: String,
+        sent_hash: Digest,
         stored: String,
     },
 }
@@ -94,7 +95,7 @@ impl fmt::Display for SendError {
                 stored,
             } => write!(
                 f,
-                "the server's confirmation does not match: sent {sent} bytes with sha256 \
+                "the server's confirmation does not match: sent {sent} bytes with \
                  {sent_hash}, server said {stored:?}"
             ),
         }
@@ -142,7 +143,8 @@ pub fn send(opts: &SendOptions) -> Result<Sent, SendError> {
     }
 
     let mut progress = opts.progress.then(|| Progress::new(size));
-    let mut hasher = Sha256::new();
+    // Which hash the server uses is only known from its `done` line, so both are kept.
+    let mut hashers = Algorithm::ALL.map(Hasher::new);
     let mut buf = vec![0; CHUNK];
     let mut sent = 0u64;
     while sent < size {
@@ -151,7 +153,9 @@ pub fn send(opts: &SendOptions) -> Result<Sent, SendError> {
         if n == 0 {
             break; // the file shrank; the server will report the short transfer
         }
-        hasher.update(&buf[..n]);
+        for h in &mut hashers {
+            h.update(&buf[..n]);
+        }
         if let Err(e) = sock.write_all(&buf[..n]) {
             // The server may have said why it stopped reading (a full disk, a limit).
             let said = read_line(&mut sock, b"");
@@ -172,26 +176,28 @@ pub fn send(opts: &SendOptions) -> Result<Sent, SendError> {
     sock.shutdown(Shutdown::Write)
         .map_err(|e| SendError::Io("finishing", e))?;
     let line = read_line(&mut sock, b"");
-    let sent_hash = files::hex(&hasher.finalize());
-    let mut fields = line.trim_end().split(' ');
-    match (fields.next(), fields.next(), fields.next(), fields.next()) {
-        (Some("done"), Some(bytes), Some(hash), None) => {
-            if bytes == sent.to_string() && hash == sent_hash && sent == size {
-                Ok(Sent {
-                    name,
-                    bytes: sent,
-                    sha256: sent_hash,
-                    elapsed: started.elapsed(),
-                })
-            } else {
-                Err(SendError::Mismatch {
-                    sent,
-                    sent_hash,
-                    stored: line.trim_end().to_string(),
-                })
-            }
-        }
-        _ => Err(refusal_or_protocol(line)),
+    let done = match Done::parse(&line) {
+        Ok(done) => done,
+        Err(_) => return Err(refusal_or_protocol(line)),
+    };
+    let sent_hash = hashers
+        .into_iter()
+        .find(|h| h.algorithm() == done.digest.algorithm)
+        .expect("a hasher for every algorithm")
+        .finalize();
+    if sent == size && done.confirms(sent, &sent_hash) {
+        Ok(Sent {
+            name,
+            bytes: sent,
+            digest: sent_hash,
+            elapsed: started.elapsed(),
+        })
+    } else {
+        Err(SendError::Mismatch {
+            sent,
+            sent_hash,
+            stored: line.trim_end().to_string(),
+        })
     }
 }
 

@@ -101,7 +101,7 @@ fn fifty_mib_file_arrives_identical() {
     let server = start_files(&dir, |_| {});
     let (ok, stdout, stderr) = resound_send(&file, server.addr(ServiceKind::Files), &[]);
     assert!(ok, "send failed: {stderr}");
-    assert!(stdout.contains("stored, sha256"), "{stdout}");
+    assert!(stdout.contains("stored, blake3 "), "{stdout}");
     assert_eq!(
         stdout.matches('\r').count(),
         0,
@@ -144,9 +144,68 @@ fn empty_file_is_stored_empty() {
     let done = String::from_utf8(read_to_eof(&mut s)).unwrap();
     assert_eq!(
         done,
-        "done 0 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n"
+        "done 0 blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262\n"
     );
     assert_eq!(fs::read(dir.0.join("nothing")).unwrap(), b"");
+}
+
+/// `serve --hash sha256`: the final line is the stored file's SHA-256, as `sha256sum` prints it.
+#[test]
+fn sha256_when_the_server_is_told_so() {
+    let dir = Dir::new("sha256");
+    let server = start_files(&dir, |c| c.hash = resound::digest::Algorithm::Sha256);
+    let (mut s, reply) = framed(server.addr(ServiceKind::Files), b"5 hello.txt\n");
+    assert_eq!(reply, b"ok");
+    s.write_all(b"hello").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(
+        String::from_utf8(read_to_eof(&mut s)).unwrap(),
+        "done 5 sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824\n"
+    );
+}
+
+/// The nc habit, `(printf 'notes.txt\n'; cat notes.txt) | nc -N host port`: a name ended by a
+/// newline and no size, the content right behind it, until EOF.
+#[test]
+fn name_line_without_size_then_content_until_eof() {
+    let dir = Dir::new("name-line");
+    // A header timeout far past the test's read timeout: only the newline can end this header.
+    let server = start_files(&dir, |c| c.header_timeout = Duration::from_secs(3600));
+    let mut s = connect(server.addr(ServiceKind::Files));
+    s.write_all(b"notes.txt\nfirst line\nsecond line\n")
+        .unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let answer = String::from_utf8(read_to_eof(&mut s)).unwrap();
+    let rest = answer.strip_prefix("ok").expect("ok first");
+    let done = resound::digest::Done::parse(rest).unwrap();
+    let stored = fs::read(dir.0.join("notes.txt")).unwrap();
+    assert_eq!(stored, b"first line\nsecond line\n");
+    assert!(done.confirms(
+        stored.len() as u64,
+        &resound::digest::hash(done.digest.algorithm, &stored)
+    ));
+}
+
+/// A bare seed name that starts like a framed header (`2024 notes.txt`) gets its `ok` after a
+/// second of silence, not after the header timeout.
+#[test]
+fn seed_name_with_leading_digits_does_not_wait_for_the_header_timeout() {
+    let dir = Dir::new("digits-space");
+    // The header timeout is past the read timeout: an `ok` can only come from the silence rule.
+    let server = start_files(&dir, |c| c.header_timeout = Duration::from_secs(3600));
+    let mut s = connect(server.addr(ServiceKind::Files));
+    s.write_all(b"2024 notes.txt").unwrap();
+    let mut ok = [0; 2];
+    s.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"ok");
+    s.write_all(b"agenda").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert!(
+        String::from_utf8(read_to_eof(&mut s))
+            .unwrap()
+            .starts_with("done 6 ")
+    );
+    assert_eq!(fs::read(dir.0.join("2024 notes.txt")).unwrap(), b"agenda");
 }
 
 /// Every hostile name is refused with an error reply, and nothing is created anywhere.

@@ -309,13 +309,53 @@ proptest! {
         prop_assert_eq!(parse_header(&header), Header::Framed { size, name: &name, len });
     }
 
-    /// Arbitrary bytes never panic the parser, and a "complete" verdict always points at a
-    /// newline inside the buffer.
+    /// A name ended by a newline, without a size, is never misread either: every strict prefix
+    /// is incomplete (and could be framed only when the name starts like a size), and the whole
+    /// is that name, whatever follows it.
     #[test]
-    fn header_parser_is_total(buf in prop::collection::vec(any::<u8>(), 0..400)) {
-        if let Header::Framed { len, .. } = parse_header(&buf) {
-            prop_assert!(len <= buf.len());
-            prop_assert_eq!(buf[len - 1], b'\n');
+    fn name_line_is_never_misread_when_split(
+        name in name().prop_filter("not the framed shape", |n| {
+            let digits = n.bytes().take_while(u8::is_ascii_digit).count();
+            digits == 0 || n.as_bytes().get(digits) != Some(&b' ')
+        }),
+        crlf in any::<bool>(),
+        trailing in prop::collection::vec(any::<u8>(), 0..20),
+    ) {
+        let mut header = name.clone().into_bytes();
+        if crlf {
+            header.push(b'\r');
+        }
+        header.push(b'\n');
+        for cut in 1..header.len() {
+            prop_assert!(
+                matches!(parse_header(&header[..cut]), Header::Incomplete { .. }),
+                "prefix of {} bytes", cut
+            );
+        }
+        let len = header.len();
+        header.extend_from_slice(&trailing);
+        prop_assert_eq!(parse_header(&header), Header::NameLine { name: &name, len });
+    }
+
+    /// Arbitrary bytes never panic the parser; a "complete" verdict always points at a newline
+    /// inside the buffer, every byte before which was still incomplete; and nothing without a
+    /// newline is ever complete.
+    #[test]
+    fn header_parser_is_total(buf in prop::collection::vec(
+        prop_oneof![4 => any::<u8>(), 1 => Just(b'\n'), 2 => b'0'..=b'9', 1 => Just(b' ')],
+        0..400,
+    )) {
+        match parse_header(&buf) {
+            Header::Framed { len, .. } | Header::NameLine { len, .. } => {
+                prop_assert!(len <= buf.len());
+                prop_assert_eq!(buf[len - 1], b'\n');
+                for cut in 0..len - 1 {
+                    let incomplete = matches!(parse_header(&buf[..cut]), Header::Incomplete { .. });
+                    prop_assert!(incomplete, "prefix of {} bytes", cut);
+                }
+            }
+            Header::Incomplete { .. } => prop_assert!(!buf.contains(&b'\n')),
+            Header::Invalid(_) => {}
         }
     }
 }

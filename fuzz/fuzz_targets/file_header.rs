@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(!name.contains(['/', '\\', '\0']));
     }
     match parse_header(data) {
-        Header::Framed { name, len, .. } => {
+        Header::Framed { name, len, .. } | Header::NameLine { name, len } => {
             assert_eq!(data[len - 1], b'\n');
             assert!(validate_name(name.as_bytes()).is_ok());
             // Every strict prefix (before the newline) must still be waiting.

@@ -2,26 +2,39 @@
 //!
 //! ```text
 //! client                                     server
-//!   name            (seed form: no newline)    ─┐  header: the name, or "<SIZE> <NAME>\n"
+//!   NAME            (seed form: no newline)    ─┐
+//!   NAME\n          (seed form, newline-ended)  ├  the header
 //!   "<SIZE> <NAME>\n" (framed form)            ─┘
 //!                                            <─  "ok"  (exactly two bytes), or "error: ...\n"
 //!   content ... then close / half-close       ─>
-//!                                            <─  "done <BYTES> <SHA256-hex>\n", or "error: ...\n"
+//!                                            <─  "done <BYTES> <ALG>:<HEX>\n", or "error: ...\n"
 //! ```
 //!
 //! The seeds' Go sender writes the bare name and waits for "ok"; with no delimiter, the only
 //! sign that the name is complete is that the sender goes quiet. resound's own sender uses the
 //! framed header, which carries the size, so that a transfer cut short — even by an orderly
-//! close — is detected, and a newline, so that the header's end is explicit.
+//! close — is detected, and a newline, so that the header's end is explicit. A name ended by a
+//! newline and no size (`notes.txt\n`) is the nc habit, `(printf 'notes.txt\n'; cat notes.txt)
+//! | nc -N host 7002`, and what `resound send -` sends for a stream of unknown length: like the
+//! bare name, its content runs until EOF, but its end needs no silence. `ALG` in the final line
+//! is `blake3` or `sha256` (`serve --hash`; see [`crate::digest`]).
 //!
-//! Telling the two apart without ever misreading a header split across TCP segments:
-//! * a line ending in `\n` is a framed header;
-//! * bytes that could still become a framed header (digits, then a space and more) wait for
-//!   their `\n`, up to the header timeout;
-//! * anything else (e.g. `photo.jpg`) followed by [`SEED_SILENCE`] of silence is a seed-form
-//!   name. A framed header always starts with a digit, so it is never cut short this way; a
-//!   seed name that looks like the start of a header (`2024 notes.txt`, `12345`) is only taken
-//!   as one when the header timeout expires.
+//! Telling the forms apart without ever misreading a header split across TCP segments:
+//! * a line that starts with digits and a space (`2024 notes.txt\n`) is a framed header;
+//! * any other line ending in `\n` is a newline-ended seed name (`notes.txt\n`, `12345\n`);
+//! * bytes without a newline that cannot become a framed header (`photo.jpg`) followed by
+//!   [`SEED_SILENCE`] (100 ms) of silence are a seed-form name;
+//! * bytes without a newline that could still become one (digits, then a space and more:
+//!   `2024 notes.txt`, `12345`) are taken as a seed-form name only after
+//!   [`MAYBE_FRAMED_SILENCE`] (1 s) of silence, or when the header timeout expires with at least
+//!   100 ms of silence, whichever comes first.
+//!
+//! The silence counts from the last byte received, not from the connect, and the parser itself
+//! never looks at time: the same bytes give the same answer however TCP split them. So a framed
+//! header is misread only if its sender goes silent for a whole second in the middle of it —
+//! which `resound send` cannot do: it writes its header (at most [`MAX_HEADER`] bytes) with one
+//! `write`, in one segment. The price of the second is paid only by seed names that start with
+//! digits and a space, or are all digits.
 //!
 //! This module decides (the [`Transfer`] machine, behind the one [`Service`] interface);
 //! `storage.rs` touches the disk; the loop moves the bytes.
@@ -30,9 +43,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use log::info;
-use sha2::{Digest, Sha256};
 
 use super::{Action, Cx, OnStop, Service, Shared};
+use crate::digest::{self, Done, Hasher};
 use crate::lifecycle::CloseReason;
 use crate::storage::{PARTIAL_DIR, Store, Upload};
 
@@ -46,7 +59,16 @@ const MAX_DIGITS: usize = 20;
 pub const MAX_HEADER: usize = MAX_DIGITS + 1 + MAX_NAME + 2;
 
 /// How long a name without a newline must be followed by silence to count as a seed-form name.
+/// The seeds' sender writes its name in one `write` and then waits: on any network that
+/// delivers a name within a tenth of a second, 100 ms only adds a tenth to its start.
 pub const SEED_SILENCE: Duration = Duration::from_millis(100);
+
+/// The same for bytes that could still become a framed header (`2024 notes.txt`, `12345`):
+/// longer, because misreading the first part of a split framed header as a name would store
+/// the rest of the header as content. One second is past any pause between the segments of one
+/// small `write`, short of a retransmission on a very slow link; and a seed sender whose name
+/// happens to start with digits waits a second for its `ok` instead of the whole header timeout.
+pub const MAYBE_FRAMED_SILENCE: Duration = Duration::from_secs(1);
 
 /// The reply that lets the sender stream. Exactly two bytes: the seeds' sender compares the
 /// reply with "ok".
@@ -108,14 +130,12 @@ pub fn validate_name(raw: &[u8]) -> Result<&str, NameError> {
     Ok(name)
 }
 
-/// Why a framed header is refused.
+/// Why a header is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeaderError {
     Name(NameError),
     /// The size is not a decimal number that fits in 64 bits.
     BadSize,
-    /// Not `<SIZE> <NAME>`.
-    Malformed,
     /// More bytes than any header can have, and no newline.
     TooLong,
 }
@@ -125,7 +145,6 @@ impl fmt::Display for HeaderError {
         match self {
             HeaderError::Name(e) => e.fmt(f),
             HeaderError::BadSize => f.write_str("bad header: the size is not a decimal number"),
-            HeaderError::Malformed => f.write_str("bad header: expected '<SIZE> <NAME>'"),
             HeaderError::TooLong => f.write_str("bad header: too long"),
         }
     }
@@ -141,6 +160,12 @@ pub enum Header<'a> {
     /// A complete framed header; it took the first `len` bytes (newline included).
     Framed {
         size: u64,
+        name: &'a str,
+        len: usize,
+    },
+    /// A seed-form name ended by a newline (`NAME\n`, no size): the content runs until EOF.
+    /// It took the first `len` bytes (newline included).
+    NameLine {
         name: &'a str,
         len: usize,
     },
@@ -162,13 +187,17 @@ pub fn parse_header(buf: &[u8]) -> Header<'_> {
     };
     let line = &buf[..nl];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let Some(space) = memchr::memchr(b' ', line) else {
-        return Header::Invalid(HeaderError::Malformed);
-    };
-    let (digits, name) = (&line[..space], &line[space + 1..]);
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return Header::Invalid(HeaderError::Malformed);
+    let len = nl + 1;
+    let digits = line.iter().take_while(|b| b.is_ascii_digit()).count();
+    // The framed shape is digits and a space; any other line is a name. (`12345\n` is a name:
+    // without the space there is no size.)
+    if digits == 0 || line.get(digits) != Some(&b' ') {
+        return match validate_name(line) {
+            Ok(name) => Header::NameLine { name, len },
+            Err(e) => Header::Invalid(HeaderError::Name(e)),
+        };
     }
+    let (digits, name) = (&line[..digits], &line[digits + 1..]);
     if digits.len() > MAX_DIGITS {
         return Header::Invalid(HeaderError::BadSize);
     }
@@ -179,11 +208,7 @@ pub fn parse_header(buf: &[u8]) -> Header<'_> {
         return Header::Invalid(HeaderError::BadSize);
     };
     match validate_name(name) {
-        Ok(name) => Header::Framed {
-            size,
-            name,
-            len: nl + 1,
-        },
+        Ok(name) => Header::Framed { size, name, len },
         Err(e) => Header::Invalid(HeaderError::Name(e)),
     }
 }
@@ -195,6 +220,17 @@ fn could_be_framed(buf: &[u8]) -> bool {
     digits > 0 && digits <= MAX_DIGITS && (digits == buf.len() || buf[digits] == b' ')
 }
 
+/// How long a header without a newline must be followed by silence before it is taken as a
+/// seed-form name: [`SEED_SILENCE`], or [`MAYBE_FRAMED_SILENCE`] for bytes that could still
+/// become a framed header.
+fn seed_silence(buf: &[u8]) -> Duration {
+    if could_be_framed(buf) {
+        MAYBE_FRAMED_SILENCE
+    } else {
+        SEED_SILENCE
+    }
+}
+
 /// The limits a transfer is held to.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -204,6 +240,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// A transfer with no byte for this long is abandoned (`--transfer-timeout`).
     pub transfer_timeout: Duration,
+    /// The hash in the `done` line (`--hash`).
+    pub hash: digest::Algorithm,
 }
 
 /// What the loop must do after an input.
@@ -212,7 +250,7 @@ pub enum Outcome {
     Continue,
     /// Send these bytes (the "ok").
     Reply(&'static [u8]),
-    /// The file is stored: send `line` (`done <BYTES> <SHA256>\n`).
+    /// The file is stored: send `line` (`done <BYTES> <ALG>:<HEX>\n`).
     Done {
         line: String,
         name: String,
@@ -248,7 +286,7 @@ struct Receiving {
     /// The framed form's declared size; None for the seed form (EOF alone ends it).
     declared: Option<u64>,
     received: u64,
-    hasher: Sha256,
+    hasher: Hasher,
 }
 
 impl Transfer {
@@ -288,10 +326,21 @@ impl Transfer {
                         if size > limits.max_file_size {
                             return self.refuse(too_large(limits));
                         }
-                        if let Err(reason) = self.begin(name, Some(size), store) {
+                        if let Err(reason) = self.begin(name, Some(size), store, limits) {
                             return self.refuse(reason);
                         }
                         // A sender that did not wait for "ok" sent content already.
+                        match self.receive(&buf[len..], limits) {
+                            Outcome::Continue => Outcome::Reply(OK),
+                            refused => refused,
+                        }
+                    }
+                    Header::NameLine { name, len } => {
+                        // No size: like the bare name, the content runs until EOF, and the
+                        // size limit is enforced as it arrives.
+                        if let Err(reason) = self.begin(name, None, store, limits) {
+                            return self.refuse(reason);
+                        }
                         match self.receive(&buf[len..], limits) {
                             Outcome::Continue => Outcome::Reply(OK),
                             refused => refused,
@@ -320,10 +369,13 @@ impl Transfer {
                         r.received
                     ));
                 }
-                let hash = r.hasher.finalize();
+                let done = Done {
+                    bytes: r.received,
+                    digest: r.hasher.finalize(),
+                };
                 match r.upload.commit() {
                     Ok(()) => Outcome::Done {
-                        line: format!("done {} {}\n", r.received, hex(&hash)),
+                        line: done.line(),
                         name: r.name,
                         bytes: r.received,
                     },
@@ -337,11 +389,13 @@ impl Transfer {
     pub fn on_timer(&mut self, now: Instant, store: &mut Store, limits: &Limits) -> Outcome {
         match &self.stage {
             Stage::Header(buf) => {
-                let silent = now >= self.last_input + SEED_SILENCE;
                 let expired = now >= self.started + limits.header_timeout;
-                let seed = !buf.is_empty() && silent && (expired || !could_be_framed(buf));
-                if seed {
-                    return self.begin_seed(store);
+                // Silent long enough for this kind of name; or, at the header timeout, silent
+                // at all (a sender still trickling bytes then is a slowloris, refused below).
+                let silent = now >= self.last_input + seed_silence(buf)
+                    || (expired && now >= self.last_input + SEED_SILENCE);
+                if !buf.is_empty() && silent {
+                    return self.begin_seed(store, limits);
                 }
                 if expired {
                     return self.refuse("header timeout".into());
@@ -360,10 +414,10 @@ impl Transfer {
         match &self.stage {
             Stage::Header(buf) => {
                 let header = self.started + limits.header_timeout;
-                if !buf.is_empty() && !could_be_framed(buf) {
-                    Some(header.min(self.last_input + SEED_SILENCE))
-                } else {
+                if buf.is_empty() {
                     Some(header)
+                } else {
+                    Some(header.min(self.last_input + seed_silence(buf)))
                 }
             }
             Stage::Receiving(_) => Some(self.last_input + limits.transfer_timeout),
@@ -372,7 +426,7 @@ impl Transfer {
     }
 
     /// The seed form: the whole header buffer is the name.
-    fn begin_seed(&mut self, store: &mut Store) -> Outcome {
+    fn begin_seed(&mut self, store: &mut Store, limits: &Limits) -> Outcome {
         let Stage::Header(buf) = std::mem::replace(&mut self.stage, Stage::Over) else {
             return Outcome::Continue;
         };
@@ -380,7 +434,7 @@ impl Transfer {
             Ok(name) => name,
             Err(e) => return self.refuse(e.to_string()),
         };
-        match self.begin(name, None, store) {
+        match self.begin(name, None, store, limits) {
             Ok(()) => Outcome::Reply(OK),
             Err(reason) => self.refuse(reason),
         }
@@ -391,6 +445,7 @@ impl Transfer {
         name: &str,
         declared: Option<u64>,
         store: &mut Store,
+        limits: &Limits,
     ) -> Result<(), String> {
         let upload = store.begin(name).map_err(|e| e.to_string())?;
         self.stage = Stage::Receiving(Receiving {
@@ -398,7 +453,7 @@ impl Transfer {
             name: name.to_string(),
             declared,
             received: 0,
-            hasher: Sha256::new(),
+            hasher: Hasher::new(limits.hash),
         });
         Ok(())
     }
@@ -507,14 +562,10 @@ fn too_large(limits: &Limits) -> String {
     )
 }
 
-/// Lowercase hex, as `sha256sum` prints it.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::Algorithm;
     use crate::storage::tests::TempDir;
     use std::fs;
 
@@ -522,6 +573,7 @@ mod tests {
         max_file_size: 1000,
         header_timeout: Duration::from_secs(10),
         transfer_timeout: Duration::from_secs(60),
+        hash: Algorithm::Blake3,
     };
 
     // --- names ---
@@ -593,10 +645,6 @@ mod tests {
     #[test]
     fn test_bad_framed_headers_are_refused() {
         let bad: &[(&[u8], HeaderError)] = &[
-            (b"name.txt\n", HeaderError::Malformed),
-            (b"12x name\n", HeaderError::Malformed),
-            (b" 12 name\n", HeaderError::Malformed),
-            (b"-1 name\n", HeaderError::Malformed),
             (b"99999999999999999999 name\n", HeaderError::BadSize),
             (b"12 \n", HeaderError::Name(NameError::Empty)),
             (b"12 ../x\n", HeaderError::Name(NameError::Separator)),
@@ -624,6 +672,43 @@ mod tests {
         let mut zeros = vec![b'0'; 30];
         zeros.extend_from_slice(b"3 name\n");
         assert_eq!(parse_header(&zeros), Header::Invalid(HeaderError::BadSize));
+    }
+
+    #[test]
+    fn test_a_line_without_a_size_is_a_name() {
+        for (raw, name) in [
+            (&b"notes.txt\n"[..], "notes.txt"),
+            (b"notes.txt\r\n", "notes.txt"),
+            (b"12345\n", "12345"),
+            (b"12x name\n", "12x name"),
+            (b" 12 name\n", " 12 name"),
+            (b"-1 name\n", "-1 name"),
+        ] {
+            let len = memchr::memchr(b'\n', raw).unwrap() + 1;
+            assert_eq!(parse_header(raw), Header::NameLine { name, len }, "{raw:?}");
+        }
+        // What follows the newline is content, not part of the header.
+        assert_eq!(
+            parse_header(b"a.txt\nfirst line\n"),
+            Header::NameLine {
+                name: "a.txt",
+                len: 6
+            }
+        );
+        // The name rules hold for this form too.
+        for (raw, want) in [
+            (&b"\n"[..], NameError::Empty),
+            (b"\r\n", NameError::Empty),
+            (b"../x\n", NameError::Separator),
+            (b"..\n", NameError::Dots),
+            (b"a\x1bb\n", NameError::Control),
+        ] {
+            assert_eq!(
+                parse_header(raw),
+                Header::Invalid(HeaderError::Name(want)),
+                "{raw:?}"
+            );
+        }
     }
 
     #[test]
@@ -693,12 +778,31 @@ mod tests {
             panic!("not done")
         };
         assert_eq!(bytes, 5);
-        // sha256("hello")
+        // `printf hello | b3sum`
         assert_eq!(
             line,
-            "done 5 2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824\n"
+            "done 5 blake3:ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f\n"
         );
         assert_eq!(fs::read(dir.0.join("hi.txt")).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn test_sha256_when_configured() {
+        let (_dir, mut store, t0) = setup("xfer-sha256");
+        let limits = Limits {
+            hash: Algorithm::Sha256,
+            ..LIMITS
+        };
+        let mut t = Transfer::new(t0);
+        t.on_input(b"5 hi.txt\nhello", t0, &mut store, &limits);
+        let Outcome::Done { line, .. } = t.on_eof() else {
+            panic!("not done")
+        };
+        // `printf hello | sha256sum`
+        assert_eq!(
+            line,
+            "done 5 sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824\n"
+        );
     }
 
     #[test]
@@ -706,12 +810,13 @@ mod tests {
         let (dir, mut store, t0) = setup("xfer-split");
         let mut t = Transfer::new(t0);
         let header = b"3 abc\n";
+        let pause = MAYBE_FRAMED_SILENCE - Duration::from_millis(1);
         for (i, b) in header.iter().enumerate() {
-            let later = t0 + Duration::from_secs(1) * i as u32; // long pauses between bytes
+            let later = t0 + pause * i as u32; // long pauses between bytes
             let out = t.on_input(&[*b], later, &mut store, &LIMITS);
-            // Silence never makes a partial framed header a seed name.
+            // Silence short of a second never makes a partial framed header a seed name.
             assert_eq!(
-                t.on_timer(later + SEED_SILENCE * 5, &mut store, &LIMITS),
+                t.on_timer(later + pause, &mut store, &LIMITS),
                 Outcome::Continue
             );
             if i + 1 < header.len() {
@@ -748,21 +853,107 @@ mod tests {
     }
 
     #[test]
-    fn test_seed_name_that_looks_like_a_header_waits_for_the_header_timeout() {
+    fn test_seed_name_that_looks_like_a_header_waits_one_second_of_silence() {
         let (dir, mut store, t0) = setup("xfer-seed-digits");
         let mut t = Transfer::new(t0);
         t.on_input(b"2024 notes", t0, &mut store, &LIMITS);
-        assert_eq!(t.deadline(&LIMITS), Some(t0 + LIMITS.header_timeout));
+        let quiet = t0 + MAYBE_FRAMED_SILENCE;
+        assert_eq!(t.deadline(&LIMITS), Some(quiet));
         assert_eq!(
-            t.on_timer(t0 + Duration::from_secs(1), &mut store, &LIMITS),
+            t.on_timer(quiet - Duration::from_millis(1), &mut store, &LIMITS),
+            Outcome::Continue
+        );
+        assert_eq!(t.on_timer(quiet, &mut store, &LIMITS), Outcome::Reply(OK));
+        assert!(matches!(t.on_eof(), Outcome::Done { bytes: 0, .. }));
+        assert!(dir.0.join("2024 notes").exists());
+    }
+
+    #[test]
+    fn test_silence_counts_from_the_last_byte() {
+        let (dir, mut store, t0) = setup("xfer-seed-digits-late");
+        let mut t = Transfer::new(t0);
+        t.on_input(b"2024", t0, &mut store, &LIMITS);
+        let later = t0 + Duration::from_millis(900);
+        t.on_input(b" notes", later, &mut store, &LIMITS);
+        assert_eq!(t.deadline(&LIMITS), Some(later + MAYBE_FRAMED_SILENCE));
+        assert_eq!(
+            t.on_timer(t0 + MAYBE_FRAMED_SILENCE, &mut store, &LIMITS),
             Outcome::Continue
         );
         assert_eq!(
-            t.on_timer(t0 + LIMITS.header_timeout, &mut store, &LIMITS),
+            t.on_timer(later + MAYBE_FRAMED_SILENCE, &mut store, &LIMITS),
             Outcome::Reply(OK)
         );
         assert!(matches!(t.on_eof(), Outcome::Done { bytes: 0, .. }));
         assert!(dir.0.join("2024 notes").exists());
+    }
+
+    #[test]
+    fn test_header_timeout_shorter_than_a_second_still_takes_a_digit_name() {
+        let (dir, mut store, t0) = setup("xfer-seed-digits-short");
+        let limits = Limits {
+            header_timeout: Duration::from_millis(300),
+            ..LIMITS
+        };
+        let mut t = Transfer::new(t0);
+        t.on_input(b"123", t0, &mut store, &limits);
+        let expiry = t0 + limits.header_timeout;
+        assert_eq!(t.deadline(&limits), Some(expiry));
+        assert_eq!(t.on_timer(expiry, &mut store, &limits), Outcome::Reply(OK));
+        assert!(matches!(t.on_eof(), Outcome::Done { bytes: 0, .. }));
+        assert!(dir.0.join("123").exists());
+    }
+
+    #[test]
+    fn test_name_line_then_content_until_eof() {
+        let (dir, mut store, t0) = setup("xfer-name-line");
+        let mut t = Transfer::new(t0);
+        // The nc habit: name, newline and content in one go, no waiting for "ok".
+        assert_eq!(
+            t.on_input(b"notes.txt\nfirst ", t0, &mut store, &LIMITS),
+            Outcome::Reply(OK)
+        );
+        assert_eq!(t.deadline(&LIMITS), Some(t0 + LIMITS.transfer_timeout));
+        t.on_input(b"line\n", t0, &mut store, &LIMITS);
+        let Outcome::Done { line, bytes, name } = t.on_eof() else {
+            panic!("not done")
+        };
+        assert_eq!((bytes, name.as_str()), (11, "notes.txt"));
+        assert_eq!(
+            Done::parse(&line).unwrap().digest,
+            digest::hash(Algorithm::Blake3, b"first line\n")
+        );
+        assert_eq!(fs::read(dir.0.join("notes.txt")).unwrap(), b"first line\n");
+    }
+
+    #[test]
+    fn test_name_line_is_held_to_the_size_limit_as_content_arrives() {
+        let (dir, mut store, t0) = setup("xfer-name-line-limit");
+        let mut t = Transfer::new(t0);
+        assert_eq!(
+            t.on_input(b"big\n", t0, &mut store, &LIMITS),
+            Outcome::Reply(OK)
+        );
+        assert_eq!(
+            t.on_input(&[0; 1000], t0, &mut store, &LIMITS),
+            Outcome::Continue
+        );
+        assert!(matches!(
+            t.on_input(&[0; 1], t0, &mut store, &LIMITS),
+            Outcome::Refuse(_)
+        ));
+        // Over the limit in the very first read too.
+        let mut t = Transfer::new(t0);
+        let mut first = b"big2\n".to_vec();
+        first.extend_from_slice(&[0; 1001]);
+        assert!(matches!(
+            t.on_input(&first, t0, &mut store, &LIMITS),
+            Outcome::Refuse(_)
+        ));
+        assert!(dir.0.read_dir().unwrap().all(|e| {
+            let e = e.unwrap();
+            e.file_name() == PARTIAL_DIR
+        }));
     }
 
     #[test]
@@ -880,7 +1071,7 @@ mod tests {
         };
         assert_eq!(
             line,
-            "done 0 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n"
+            "done 0 blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262\n"
         );
         assert_eq!(fs::read(dir.0.join("empty")).unwrap(), b"");
     }
