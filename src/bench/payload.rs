@@ -41,7 +41,14 @@ impl Pattern {
             x ^= x >> 27;
             *b = (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8;
         }
-        table.copy_within(0..MAX_CHUNK, PERIOD);
+        // The tail repeats the start, byte i being byte i - PERIOD. Not one `copy_within`: the
+        // tail (MAX_CHUNK) is longer than the period, so its last 15 bytes repeat bytes of the
+        // tail itself — copied in one go from the table's unfilled end they were zeros, and a
+        // 64 KiB slice starting in the last 15 phases was wrong (a false `corrupt` on large
+        // echo messages, whose writes and reads are 64 KiB at arbitrary phases).
+        for i in PERIOD..table.len() {
+            table[i] = table[i - PERIOD];
+        }
         Pattern {
             table: table.into_boxed_slice(),
         }
@@ -139,6 +146,22 @@ mod tests {
             &whole[PERIOD - 10..PERIOD + 10]
         );
         assert_eq!(&whole[..100], &whole[PERIOD..PERIOD + 100]);
+    }
+
+    #[test]
+    fn test_full_length_slices_at_the_last_phases_are_the_stream() {
+        let p = Pattern::new();
+        // One period, byte by byte: the reference every slice must agree with.
+        let period: Vec<u8> = (0..PERIOD as u64).map(|i| p.slice(0, i, 1)[0]).collect();
+        let stream = |from: usize, len: usize| -> Vec<u8> {
+            (from..from + len).map(|i| period[i % PERIOD]).collect()
+        };
+        for phase in (0..64).chain(PERIOD - 64..PERIOD) {
+            assert!(
+                p.slice(0, phase as u64, MAX_CHUNK) == stream(phase, MAX_CHUNK),
+                "the {MAX_CHUNK}-byte slice at phase {phase} is not the stream"
+            );
+        }
     }
 
     #[test]
