@@ -26,6 +26,7 @@
 //! * [`timer`]: the lazy deadline queue behind idle and closing timeouts.
 //! * [`shutdown`]: the [`Handle`] that stops a server from another thread.
 //! * [`stats`]: counters and the stats line.
+//! * [`units`]: the values flags take (addresses, durations, sizes, counts), parsed and bounded.
 //! * [`bench`](mod@bench): `resound bench`, the load generator (a client: separate from everything above).
 //!
 //! # Running a server in-process
@@ -66,6 +67,7 @@ pub mod stats;
 pub mod storage;
 pub mod timer;
 pub mod udp;
+pub mod units;
 
 pub use config::Config;
 pub use server::{Bound, Server};
