@@ -26,6 +26,8 @@
 //! * [`timer`]: the lazy deadline queue behind idle and closing timeouts.
 //! * [`shutdown`]: the [`Handle`] that stops a server from another thread.
 //! * [`stats`]: counters and the stats line.
+//! * [`procfs`]: the descriptor limit and `/proc` (CPU time, memory), for the server, the
+//!   load generator and the tests.
 //! * [`units`]: the values flags take (addresses, durations, sizes, counts), parsed and bounded.
 //! * [`bench`](mod@bench): `resound bench`, the load generator (a client: separate from everything above).
 //!
@@ -59,6 +61,7 @@ pub mod connection;
 pub mod lifecycle;
 pub mod listener;
 pub mod outqueue;
+pub mod procfs;
 pub mod send;
 pub mod server;
 pub mod service;

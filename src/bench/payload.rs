@@ -62,6 +62,17 @@ impl Pattern {
         &self.table[start..start + len]
     }
 
+    /// `len` bytes of the stream at phase `base` from byte `offset` on, in a new buffer of any
+    /// length (the tests' payloads: megabytes that must arrive exactly).
+    pub fn stream(&self, base: usize, offset: u64, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let n = (len - out.len()).min(MAX_CHUNK);
+            out.extend_from_slice(self.slice(base, offset + out.len() as u64, n));
+        }
+        out
+    }
+
     /// Does `got` equal the stream at phase `base` from byte `offset` on? Any length.
     pub fn matches(&self, base: usize, offset: u64, got: &[u8]) -> bool {
         got.chunks(MAX_CHUNK).enumerate().all(|(i, chunk)| {
@@ -173,10 +184,10 @@ mod tests {
         assert!(p.matches(3, 0, &stream[..1]));
         assert!(p.matches(3, 1, &stream[1..]));
         // Lengths beyond one chunk are compared chunk by chunk.
-        let long: Vec<u8> = (0..3)
-            .flat_map(|i| p.slice(3, (i * MAX_CHUNK) as u64, MAX_CHUNK).to_vec())
-            .collect();
+        let long = p.stream(3, 0, 3 * MAX_CHUNK + 5);
         assert!(p.matches(3, 0, &long));
+        assert!(p.matches(3, 100, &p.stream(3, 100, PERIOD * 2)));
+        assert_eq!(&p.stream(3, 7, 10)[..], p.slice(3, 7, 10));
     }
 
     #[test]
