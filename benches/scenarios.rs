@@ -27,7 +27,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use resound::bench::{self, Mode, Plan, Report, procstat};
+use resound::bench::{self, Mode, Plan, Report};
+use resound::procfs;
 
 /// One scenario: a name, a mode and what it changes in the plan.
 struct Scenario {
@@ -360,11 +361,11 @@ fn with_loadgen(s: &Scenario, server: &Server, secs: f64) -> Option<Figures> {
 /// second, while nothing of ours runs. Returns false if it never was; the run goes ahead and its
 /// `other CPU` column shows the disturbance.
 fn wait_for_quiet() -> bool {
-    let hz = procstat::ticks_per_sec();
+    let hz = procfs::ticks_per_sec();
     for _ in 0..60 {
-        let a = procstat::sample_cpu(None);
+        let a = procfs::sample_cpu(None);
         thread::sleep(Duration::from_millis(500));
-        let b = procstat::sample_cpu(None);
+        let b = procfs::sample_cpu(None);
         match a.zip(b) {
             Some((a, b)) if ((b.busy - a.busy) as f64 / hz) / 0.5 < 0.10 => return true,
             Some(_) => {}

@@ -1,14 +1,22 @@
 //! The command line: `resound serve ...`. Parsing is clap's (it gives `--help`, clear errors and
-//! exit status 2 on a usage error for free); turning the arguments into a [`Config`] and the
-//! value parsers (addresses, sizes, seconds) are here.
+//! exit status 2 on a usage error for free); turning the arguments into a [`Config`] is here, the
+//! value parsers (addresses, durations, sizes, counts) are in [`units`](crate::units).
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Config};
+use crate::units::{
+    parse_connect_addr, parse_duration, parse_keepalive, parse_listen_addr, parse_positive_duration,
+};
+// The value parsers under their historical names (the fuzz target and older callers use them).
+pub use crate::units::{
+    parse_connect_addr as parse_addr, parse_count, parse_duration as parse_secs,
+    parse_positive_duration as parse_positive_secs, parse_size,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -45,7 +53,7 @@ pub struct SendArgs {
     pub file: PathBuf,
 
     /// The files service's address.
-    #[arg(long, value_name = "ADDR", value_parser = parse_addr, default_value = "127.0.0.1:7002")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_connect_addr, default_value = "127.0.0.1:7002")]
     pub to: SocketAddr,
 
     /// Store the file under this name instead of its own base name.
@@ -53,7 +61,7 @@ pub struct SendArgs {
     pub name: Option<String>,
 
     /// How long to wait to connect and for each reply of the server.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_duration, default_value = "30")]
     pub timeout: Duration,
 
     /// No progress bar, even on a terminal.
@@ -69,23 +77,27 @@ udp 127.0.0.1:7000. Name any of them and only those start.
 Port 0 picks a free port. Each bound socket is printed on stdout as
 `listening <service> <tcp|udp> <ip:port>`.
 
+Addresses: IP:PORT, [v6]:PORT, HOST:PORT, or PORT / :PORT for 0.0.0.0:PORT (every IPv4
+interface). Durations: seconds (30, 0.5) or with a unit (1500ms, 2m, 1h), at most 10 years.
+Sizes: 64k, 1.5m, 4g, 1t (1k = 1024).
+
 SIGINT/SIGTERM stop accepting and drain every connection (at most --drain-timeout);
 a second signal stops at once. Logging: RUST_LOG=debug shows every connection's phases.")]
 pub struct ServeArgs {
     /// TCP echo: every byte back, in order.
-    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
     pub echo: Option<SocketAddr>,
 
     /// TCP broadcast: every line a client sends goes to every other client.
-    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
     pub broadcast: Option<SocketAddr>,
 
     /// File transfer: receive files into --dir (send them with `resound send`).
-    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
     pub files: Option<SocketAddr>,
 
     /// UDP echo: every datagram back to its sender.
-    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
     pub udp: Option<SocketAddr>,
 
     /// Where received files are stored (created if missing).
@@ -97,11 +109,11 @@ pub struct ServeArgs {
     pub max_file_size: usize,
 
     /// A file transfer's header must arrive within SECS of the connect.
-    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs, default_value = "10")]
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_duration, default_value = "10")]
     pub header_timeout: Duration,
 
     /// A file transfer that receives nothing for SECS is abandoned (nothing is stored).
-    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs, default_value = "60")]
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_duration, default_value = "60")]
     pub transfer_timeout: Duration,
 
     /// The hash in a file transfer's final line, `done <BYTES> <ALG>:<HEX>`: blake3 is several
@@ -115,13 +127,13 @@ pub struct ServeArgs {
     pub max_conns: Option<usize>,
 
     /// Close a connection with no byte in or out for SECS (0 = never).
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "0")]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "0")]
     pub idle_timeout: Duration,
 
     /// TCP keepalive: probe a connection silent for SECS to 2xSECS (spread per connection), and
     /// drop it after four unanswered probes SECS/4 apart, so vanished peers are found even
     /// without --idle-timeout (0 = off).
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "60")]
+    #[arg(long, value_name = "SECS", value_parser = parse_keepalive, default_value = "60")]
     pub keepalive: Duration,
 
     /// Bytes queued for one client before the server stops reading from it, until the queue
@@ -143,15 +155,15 @@ pub struct ServeArgs {
     pub bcast_soft_limit: usize,
 
     /// How long a broadcast client may stay over --bcast-soft-limit.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "10")]
     pub bcast_soft_time: Duration,
 
     /// On SIGINT/SIGTERM, how long to let connections finish before closing them.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "5")]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "5")]
     pub drain_timeout: Duration,
 
     /// Log a stats line every SECS (0 = never); totals are always logged on exit.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "0")]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "0")]
     pub stats_interval: Duration,
 }
 
@@ -198,127 +210,9 @@ fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
 
-/// `IP:PORT` (v4 or `[v6]:port`), or `localhost:PORT`.
-pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = s.parse() {
-        return Ok(addr);
-    }
-    let bad = || format!("'{s}' is not an address: expected IP:PORT, e.g. 127.0.0.1:7000");
-    if !s.starts_with("localhost:") {
-        return Err(bad());
-    }
-    s.to_socket_addrs()
-        .map_err(|_| bad())?
-        .next()
-        .ok_or_else(bad)
-}
-
-/// A positive count: `100`, `10k`, `1m` (decimal: 1k = 1000).
-pub fn parse_count(s: &str) -> Result<usize, String> {
-    let n = parse_scaled(s, 1000)?;
-    if n == 0 {
-        return Err("must be at least 1".into());
-    }
-    Ok(n)
-}
-
-/// A positive byte size: `65536`, `64k`, `64KiB`, `1m`, `1MiB`, `1g` (binary: 1k = 1024).
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let n = parse_scaled(s, 1024)?;
-    if n == 0 {
-        return Err("must be at least 1 byte".into());
-    }
-    Ok(n)
-}
-
-/// A number with an optional k/m/g suffix (also kb/kib, mb/mib, gb/gib, any case), scaled by
-/// powers of `unit`.
-fn parse_scaled(s: &str, unit: usize) -> Result<usize, String> {
-    let t = s.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, suffix) = t.split_at(digits);
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number (e.g. 1000, 64k, 1m)"))?;
-    let scale = match suffix.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => unit,
-        "m" | "mb" | "mib" => unit * unit,
-        "g" | "gb" | "gib" => unit * unit * unit,
-        _ => return Err(format!("'{s}': unknown suffix '{suffix}' (use k, m or g)")),
-    };
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("'{s}' is too large"))
-}
-
-/// Seconds, more than zero.
-pub fn parse_positive_secs(s: &str) -> Result<Duration, String> {
-    let d = parse_secs(s)?;
-    if d.is_zero() {
-        return Err("must be more than 0".into());
-    }
-    Ok(d)
-}
-
-/// Seconds, possibly fractional: `5`, `0.5`. Zero is allowed (callers read it as "off").
-pub fn parse_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of seconds (e.g. 5 or 0.5)"))?;
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("'{s}': seconds must be a finite number >= 0"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn test_sizes_use_binary_suffixes() {
-        assert_eq!(parse_size("65536"), Ok(65536));
-        assert_eq!(parse_size("64k"), Ok(65536));
-        assert_eq!(parse_size("64KiB"), Ok(65536));
-        assert_eq!(parse_size("1m"), Ok(1 << 20));
-        assert_eq!(parse_size("1MB"), Ok(1 << 20));
-        assert_eq!(parse_size("2g"), Ok(2 << 30));
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("-1").is_err());
-        assert!(parse_size("1t").is_err());
-        assert!(parse_size("k").is_err());
-        assert!(parse_size("99999999999999999999").is_err());
-    }
-
-    #[test]
-    fn test_counts_use_decimal_suffixes() {
-        assert_eq!(parse_count("10k"), Ok(10_000));
-        assert_eq!(parse_count("1m"), Ok(1_000_000));
-        assert!(parse_count("0").is_err());
-    }
-
-    #[test]
-    fn test_seconds_may_be_fractional_but_not_negative() {
-        assert_eq!(parse_secs("5"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_secs("0.25"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_secs("0"), Ok(Duration::ZERO));
-        assert!(parse_secs("-1").is_err());
-        assert!(parse_secs("inf").is_err());
-        assert!(parse_secs("NaN").is_err());
-        assert!(parse_secs("soon").is_err());
-    }
-
-    #[test]
-    fn test_addresses() {
-        assert_eq!(
-            parse_addr("127.0.0.1:0"),
-            Ok("127.0.0.1:0".parse().unwrap())
-        );
-        assert_eq!(parse_addr("[::1]:7000"), Ok("[::1]:7000".parse().unwrap()));
-        assert!(parse_addr("localhost:7000").unwrap().ip().is_loopback());
-        assert!(parse_addr("127.0.0.1").is_err());
-        assert!(parse_addr("127.0.0.1:99999").is_err());
-        assert!(parse_addr("example.com:80").is_err());
-    }
 
     #[test]
     fn test_no_service_named_means_all_defaults() {
@@ -347,6 +241,53 @@ mod tests {
         assert_eq!(config.echo, None);
         assert_eq!(config.broadcast, None);
         assert_eq!(config.udp, Some("127.0.0.1:0".parse().unwrap()));
+    }
+
+    /// Every duration flag refuses a value that would overflow a deadline later, with clap's
+    /// usage error (exit status 2) naming the flag.
+    #[test]
+    fn test_huge_durations_are_usage_errors_naming_the_flag() {
+        let cases: &[&[&str]] = &[
+            &["serve", "--idle-timeout"],
+            &["serve", "--header-timeout"],
+            &["serve", "--transfer-timeout"],
+            &["serve", "--keepalive"],
+            &["serve", "--bcast-soft-time"],
+            &["serve", "--drain-timeout"],
+            &["serve", "--stats-interval"],
+            &["send", "f", "--timeout"],
+            &["bench", "echo", "-t", "1", "--duration"],
+            &["bench", "echo", "-t", "1", "--warmup"],
+            &["bench", "echo", "-t", "1", "--drain"],
+            &["bench", "echo", "-t", "1", "--setup-timeout"],
+        ];
+        for args in cases {
+            let flag = args.last().unwrap();
+            for value in ["1e19", "NaN", "inf", "1e400", "87601h"] {
+                let argv = [&["resound"], *args, &[value]].concat();
+                let e = Cli::try_parse_from(&argv).unwrap_err();
+                assert_eq!(e.exit_code(), 2, "{argv:?}");
+                assert!(e.to_string().contains(flag), "{argv:?}: {e}");
+            }
+        }
+        let e = Cli::try_parse_from(["resound", "serve", "--keepalive", "0.5"]).unwrap_err();
+        assert!(e.to_string().contains("--keepalive"), "{e}");
+    }
+
+    #[test]
+    fn test_a_port_alone_listens_everywhere_and_connects_here() {
+        let cli = Cli::try_parse_from(["resound", "serve", "--echo", "7000", "--udp", ":7000"]);
+        let Command::Serve(args) = cli.unwrap().command else {
+            panic!("serve")
+        };
+        assert_eq!(args.echo, Some("0.0.0.0:7000".parse().unwrap()));
+        assert_eq!(args.udp, Some("0.0.0.0:7000".parse().unwrap()));
+        let cli = Cli::try_parse_from(["resound", "send", "f", "--to", ":7002", "--timeout", "2m"]);
+        let Command::Send(args) = cli.unwrap().command else {
+            panic!("send")
+        };
+        assert_eq!(args.to, "127.0.0.1:7002".parse().unwrap());
+        assert_eq!(args.timeout, Duration::from_secs(120));
     }
 
     #[test]

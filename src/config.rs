@@ -123,15 +123,7 @@ pub fn default_max_conns() -> usize {
     fd_limit().saturating_sub(FD_RESERVE).max(1)
 }
 
-/// RLIMIT_NOFILE's soft limit.
+/// RLIMIT_NOFILE's soft limit (read by [`procfs`](crate::procfs), shared with `resound bench`).
 pub fn fd_limit() -> usize {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes into the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
-        return 1024;
-    }
-    usize::try_from(rl.rlim_cur).unwrap_or(usize::MAX)
+    crate::procfs::fd_limit()
 }

@@ -31,6 +31,9 @@
 //! * `timer.rs`: the lazy deadline queue behind every per-connection timeout.
 //! * `shutdown.rs`: signals, the [`Handle`], the graceful drain.
 //! * [`stats`]: counters and the stats line.
+//! * [`procfs`]: the descriptor limit and `/proc` (CPU time, memory), for the server, the
+//!   load generator and the tests.
+//! * [`units`]: the values flags take (addresses, durations, sizes, counts), parsed and bounded.
 //! * [`send`]: `resound send`, the blocking client that sends a file and checks its receipt.
 //! * [`bench`](mod@bench): `resound bench`, the load generator (a client: separate from
 //!   everything above).
@@ -70,9 +73,11 @@ pub mod connection;
 pub mod digest;
 pub mod lifecycle;
 pub mod outqueue;
+pub mod procfs;
 pub mod send;
 pub mod service;
 pub mod stats;
+pub mod units;
 
 pub(crate) mod listener;
 pub(crate) mod room;

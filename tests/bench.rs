@@ -333,3 +333,31 @@ fn test_cli_exit_status_and_json() {
         "a plan that cannot run is a usage error"
     );
 }
+
+/// No duration can panic later: a value past the 10-year maximum is a usage error (exit 2) that
+/// names the flag, for `serve` (which used to panic on the first connect) and for `bench`.
+#[test]
+fn test_huge_durations_exit_2_naming_the_flag() {
+    for (args, flag) in [
+        (
+            &["serve", "--echo", "127.0.0.1:0", "--idle-timeout", "1e19"][..],
+            "--idle-timeout",
+        ),
+        (
+            &["serve", "--echo", "127.0.0.1:0", "--keepalive", "0.001"],
+            "--keepalive",
+        ),
+        (
+            &["bench", "echo", "-t", "127.0.0.1:9", "-d", "1e19"],
+            "--duration",
+        ),
+        (
+            &["bench", "echo", "-t", "127.0.0.1:9", "--warmup", "NaN"],
+            "--warmup",
+        ),
+    ] {
+        let (status, stderr) = util::run_binary(args);
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+}

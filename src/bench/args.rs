@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{Mode, Plan};
-use crate::cli::{parse_addr, parse_count, parse_secs, parse_size};
+use crate::units::{parse_connect_addr, parse_count, parse_duration, parse_size_or_zero};
 
 #[derive(Args, Debug, Clone)]
 #[command(after_help = "\
@@ -27,7 +27,7 @@ pub struct BenchArgs {
     pub mode: Mode,
 
     /// The server: IP:PORT.
-    #[arg(short = 't', long, value_name = "ADDR", value_parser = parse_addr)]
+    #[arg(short = 't', long, value_name = "ADDR", value_parser = parse_connect_addr)]
     pub target: SocketAddr,
 
     /// Connections (echo, idle), sockets (udp), receivers (broadcast), or connects in progress
@@ -36,11 +36,11 @@ pub struct BenchArgs {
     pub connections: Option<usize>,
 
     /// Measured time.
-    #[arg(short = 'd', long, value_name = "SECS", value_parser = parse_secs, default_value = "5")]
+    #[arg(short = 'd', long, value_name = "SECS", value_parser = parse_duration, default_value = "5")]
     pub duration: Duration,
 
     /// Load before measuring [default: 0.5; idle: 0].
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     pub warmup: Option<Duration>,
 
     /// Message, datagram or line size in bytes (broadcast: newline included, at least 38);
@@ -91,11 +91,11 @@ pub struct BenchArgs {
     pub cpu: Option<usize>,
 
     /// After the measured time, how long to wait for what is still in flight.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "2")]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "2")]
     pub drain: Duration,
 
     /// How long opening the connections may take.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "30")]
     pub setup_timeout: Duration,
 
     /// Print the summary as one JSON object on one line.
@@ -140,15 +140,6 @@ impl BenchArgs {
         plan.quiet = self.quiet;
         plan.label = self.label;
         plan
-    }
-}
-
-/// A size that may be 0 (a connect or idle run without a probe).
-pub fn parse_size_or_zero(s: &str) -> Result<usize, String> {
-    if s.trim() == "0" {
-        Ok(0)
-    } else {
-        parse_size(s)
     }
 }
 

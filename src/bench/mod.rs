@@ -467,7 +467,7 @@ pub fn run(plan: &Plan) -> io::Result<Report> {
     } else {
         window_s
     };
-    let usage = procstat::usage(&at_start, &at_end, secs, procstat::ticks_per_sec());
+    let usage = procstat::usage(&at_start, &at_end, secs, crate::procfs::ticks_per_sec());
     Ok(Report::new(
         plan, tally, held, window_s, setup_s, &before, &at_end, usage,
     ))
@@ -519,23 +519,16 @@ fn run_worker(
 
 /// Fail early, with the way out, if the run needs more descriptors than this process may open.
 fn check_fd_limit(sockets: usize) -> io::Result<()> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Ok(());
-    }
+    let limit = crate::procfs::fd_limit();
     // Each worker also holds an epoll, a waker and a timer; stdio and a margin.
-    let need = sockets as u64 + 64;
-    if need > lim.rlim_cur {
+    let need = sockets.saturating_add(64);
+    if need > limit {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
-                "{sockets} connections need about {need} file descriptors but the limit is {} \
-                 (ulimit -n): raise it, or split the load over several `resound bench` processes",
-                lim.rlim_cur
+                "{sockets} connections need about {need} file descriptors but the limit is \
+                 {limit} (ulimit -n): raise it, or split the load over several `resound bench` \
+                 processes"
             ),
         ));
     }

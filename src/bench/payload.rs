@@ -41,7 +41,14 @@ impl Pattern {
             x ^= x >> 27;
             *b = (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8;
         }
-        table.copy_within(0..MAX_CHUNK, PERIOD);
+        // The tail repeats the start, byte i being byte i - PERIOD. Not one `copy_within`: the
+        // tail (MAX_CHUNK) is longer than the period, so its last 15 bytes repeat bytes of the
+        // tail itself — copied in one go from the table's unfilled end they were zeros, and a
+        // 64 KiB slice starting in the last 15 phases was wrong (a false `corrupt` on large
+        // echo messages, whose writes and reads are 64 KiB at arbitrary phases).
+        for i in PERIOD..table.len() {
+            table[i] = table[i - PERIOD];
+        }
         Pattern {
             table: table.into_boxed_slice(),
         }
@@ -53,6 +60,17 @@ impl Pattern {
         debug_assert!(len <= MAX_CHUNK);
         let start = ((base as u64 + offset) % PERIOD as u64) as usize;
         &self.table[start..start + len]
+    }
+
+    /// `len` bytes of the stream at phase `base` from byte `offset` on, in a new buffer of any
+    /// length (the tests' payloads: megabytes that must arrive exactly).
+    pub fn stream(&self, base: usize, offset: u64, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let n = (len - out.len()).min(MAX_CHUNK);
+            out.extend_from_slice(self.slice(base, offset + out.len() as u64, n));
+        }
+        out
     }
 
     /// Does `got` equal the stream at phase `base` from byte `offset` on? Any length.
@@ -142,6 +160,22 @@ mod tests {
     }
 
     #[test]
+    fn test_full_length_slices_at_the_last_phases_are_the_stream() {
+        let p = Pattern::new();
+        // One period, byte by byte: the reference every slice must agree with.
+        let period: Vec<u8> = (0..PERIOD as u64).map(|i| p.slice(0, i, 1)[0]).collect();
+        let stream = |from: usize, len: usize| -> Vec<u8> {
+            (from..from + len).map(|i| period[i % PERIOD]).collect()
+        };
+        for phase in (0..64).chain(PERIOD - 64..PERIOD) {
+            assert!(
+                p.slice(0, phase as u64, MAX_CHUNK) == stream(phase, MAX_CHUNK),
+                "the {MAX_CHUNK}-byte slice at phase {phase} is not the stream"
+            );
+        }
+    }
+
+    #[test]
     fn test_matches_accepts_the_stream_split_anywhere() {
         let p = Pattern::new();
         let stream: Vec<u8> = p.slice(3, 0, 5000).to_vec();
@@ -150,10 +184,10 @@ mod tests {
         assert!(p.matches(3, 0, &stream[..1]));
         assert!(p.matches(3, 1, &stream[1..]));
         // Lengths beyond one chunk are compared chunk by chunk.
-        let long: Vec<u8> = (0..3)
-            .flat_map(|i| p.slice(3, (i * MAX_CHUNK) as u64, MAX_CHUNK).to_vec())
-            .collect();
+        let long = p.stream(3, 0, 3 * MAX_CHUNK + 5);
         assert!(p.matches(3, 0, &long));
+        assert!(p.matches(3, 100, &p.stream(3, 100, PERIOD * 2)));
+        assert_eq!(&p.stream(3, 7, 10)[..], p.slice(3, 7, 10));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! What the kernel says about CPU and memory: the server's CPU time and resident memory, one
-//! CPU's busy share, the whole machine's CPU time, and the load generator's own CPU time.
+//! What the load cost, from the kernel's figures: the server's CPU time and resident memory, one
+//! CPU's busy share, the whole machine's CPU time, and the load generator's own CPU time, sampled
+//! at the edges of the measured window ([`Snapshot`]) and turned into [`Usage`].
 //!
 //! Why these and not only msgs/s: on a 2-core machine the load generator is often the bottleneck,
 //! so a rate mostly measures the generator. The server's CPU-seconds per million operations
@@ -7,122 +8,12 @@
 //! does not depend on how fast it was driven, and stays comparable between servers. The busy share
 //! of the server's CPU (`/proc/stat`) adds softirq work that runs outside the server's own
 //! accounting. "Other" CPU — the machine's total minus the server's minus ours — flags a run
-//! disturbed by someone else's work.
+//! disturbed by someone else's work; without `--pid` the server cannot be told apart from the
+//! others, so there is no such figure.
 //!
-//! The parsers are pure functions of the file text; the readers are one `read_to_string` each.
+//! Reading `/proc` is [`crate::procfs`]'s; this file only does the arithmetic.
 
-use std::fs;
-use std::io;
-
-/// Clock ticks per second for `/proc` times (`sysconf(_SC_CLK_TCK)`, 100 on Linux).
-pub fn ticks_per_sec() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz > 0 { hz as f64 } else { 100.0 }
-}
-
-/// One look at a process.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct ProcSample {
-    /// utime + stime, in seconds.
-    pub cpu_s: f64,
-    /// utime alone, in seconds.
-    pub user_s: f64,
-    /// Resident memory now, and its peak ("high water mark"), in KiB.
-    pub rss_kib: u64,
-    pub hwm_kib: u64,
-}
-
-/// utime and stime (in ticks) from the text of `/proc/PID/stat`.
-///
-/// The command name (field 2) is in parentheses and may itself contain spaces and parentheses, so
-/// fields are counted from the *last* `)`: after it come state (field 3), ..., utime (14), stime
-/// (15).
-pub fn parse_pid_stat(text: &str) -> Option<(u64, u64)> {
-    let rest = &text[text.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let utime = fields.nth(11)?.parse().ok()?;
-    let stime = fields.next()?.parse().ok()?;
-    Some((utime, stime))
-}
-
-/// The value in KiB of a `Key:   1234 kB` line of `/proc/PID/status`.
-pub fn parse_status_kib(text: &str, key: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Read process `pid`'s CPU time and memory.
-pub fn sample_process(pid: u32) -> io::Result<ProcSample> {
-    let bad = || {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("cannot parse /proc/{pid}"),
-        )
-    };
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let (utime, stime) = parse_pid_stat(&stat).ok_or_else(bad)?;
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hz = ticks_per_sec();
-    Ok(ProcSample {
-        cpu_s: (utime + stime) as f64 / hz,
-        user_s: utime as f64 / hz,
-        rss_kib: parse_status_kib(&status, "VmRSS").ok_or_else(bad)?,
-        hwm_kib: parse_status_kib(&status, "VmHWM").ok_or_else(bad)?,
-    })
-}
-
-/// One `cpu` line of `/proc/stat`, in ticks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CpuTimes {
-    /// Everything but idle and iowait.
-    pub busy: u64,
-    /// Every field (user nice system idle iowait irq softirq steal).
-    pub total: u64,
-    /// user + nice.
-    pub user: u64,
-}
-
-/// The line for CPU `cpu` (`Some(n)` for `cpuN`, `None` for the all-CPU `cpu` line).
-pub fn parse_proc_stat(text: &str, cpu: Option<usize>) -> Option<CpuTimes> {
-    let want = match cpu {
-        Some(n) => format!("cpu{n}"),
-        None => "cpu".to_string(),
-    };
-    let line = text
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(want.as_str()))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .map(|f| f.parse().ok())
-        .collect::<Option<_>>()?;
-    if v.len() < 5 {
-        return None;
-    }
-    let total: u64 = v.iter().sum();
-    Some(CpuTimes {
-        busy: total - v[3] - v[4],
-        total,
-        user: v[0] + v[1],
-    })
-}
-
-pub fn sample_cpu(cpu: Option<usize>) -> Option<CpuTimes> {
-    parse_proc_stat(&fs::read_to_string("/proc/stat").ok()?, cpu)
-}
-
-/// This process's CPU time (all threads): (user + system, user) in seconds.
-pub fn self_cpu() -> (f64, f64) {
-    // SAFETY: getrusage fills the struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    let user = secs(ru.ru_utime);
-    (user + secs(ru.ru_stime), user)
-}
+use crate::procfs::{self, CpuTimes, ProcSample};
 
 /// Everything sampled at one instant (the start or the end of the measured window).
 #[derive(Clone, Copy, Debug, Default)]
@@ -136,11 +27,11 @@ pub struct Snapshot {
 
 /// Take a [`Snapshot`]: `pid` is the server (if any), `cpu` the CPU it runs on (if known).
 pub fn snapshot(pid: Option<u32>, cpu: Option<usize>) -> Snapshot {
-    let (loader_cpu_s, loader_user_s) = self_cpu();
+    let (loader_cpu_s, loader_user_s) = procfs::self_cpu();
     Snapshot {
-        server: pid.and_then(|p| sample_process(p).ok()),
-        server_cpu: cpu.and_then(|c| sample_cpu(Some(c))),
-        machine: sample_cpu(None),
+        server: pid.and_then(|p| procfs::sample_process(p).ok()),
+        server_cpu: cpu.and_then(|c| procfs::sample_cpu(Some(c))),
+        machine: procfs::sample_cpu(None),
         loader_cpu_s,
         loader_user_s,
     }
@@ -195,37 +86,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_pid_stat_fields_are_counted_from_the_last_parenthesis() {
-        let text = "4242 (evil) name (x)) S 1 4242 4242 0 -1 4194560 120 0 0 0 731 269 0 0 20 0 \
-                    1 0 100 1000000 200 18446744073709551615";
-        assert_eq!(parse_pid_stat(text), Some((731, 269)));
-        assert_eq!(parse_pid_stat("garbage"), None);
-    }
-
-    #[test]
-    fn test_status_values_in_kib() {
-        let text = "Name:\tresound\nVmHWM:\t    5120 kB\nVmRSS:\t    4096 kB\nThreads:\t1\n";
-        assert_eq!(parse_status_kib(text, "VmRSS"), Some(4096));
-        assert_eq!(parse_status_kib(text, "VmHWM"), Some(5120));
-        assert_eq!(parse_status_kib(text, "VmSwap"), None);
-    }
-
-    #[test]
-    fn test_proc_stat_lines() {
-        let text = "cpu  100 5 50 1000 10 1 4 0 0 0\n\
-                    cpu0 60 0 30 400 5 1 4 0 0 0\n\
-                    cpu1 40 5 20 600 5 0 0 0 0 0\n\
-                    intr 1 2 3\n";
-        let all = parse_proc_stat(text, None).unwrap();
-        assert_eq!(all.total, 1170);
-        assert_eq!(all.busy, 1170 - 1000 - 10);
-        assert_eq!(all.user, 105);
-        let c0 = parse_proc_stat(text, Some(0)).unwrap();
-        assert_eq!(c0.busy, 95);
-        assert_eq!(parse_proc_stat(text, Some(2)), None);
-    }
-
-    #[test]
     fn test_usage_subtracts_server_and_loader_from_the_machine() {
         let a = Snapshot {
             server: Some(ProcSample {
@@ -275,12 +135,5 @@ mod tests {
         assert!(close(u.loader_cpu_pct, 90.0));
         assert!(close(u.other_cpu_pct.unwrap(), 10.0)); // 3.5 - 1.5 - 1.8 = 0.2 s
         assert!(close(u.other_user_pct.unwrap(), 10.0)); // 1.5 - 0.5 - 0.8 = 0.2 s
-    }
-
-    #[test]
-    fn test_sampling_this_process_works() {
-        let me = sample_process(std::process::id()).unwrap();
-        assert!(me.rss_kib > 0 && me.hwm_kib >= me.rss_kib);
-        assert!(sample_cpu(None).unwrap().total > 0);
     }
 }

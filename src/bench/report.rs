@@ -11,9 +11,10 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::histogram::Percentiles;
-use super::procstat::{ProcSample, Snapshot, Usage};
+use super::procstat::{Snapshot, Usage};
 use super::tally::{Errors, Tally};
 use super::{Mode, Plan};
+use crate::procfs::ProcSample;
 
 /// The server's figures (with `--pid`).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

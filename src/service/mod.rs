@@ -277,6 +277,7 @@ pub(crate) mod testing {
                 max_file_size: 1000,
                 header_timeout: std::time::Duration::from_secs(10),
                 transfer_timeout: std::time::Duration::from_secs(60),
+                hash: crate::digest::Algorithm::Blake3,
             },
             stats: Stats::default(),
         }

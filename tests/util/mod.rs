@@ -69,26 +69,16 @@ pub fn echo_round_trip(stream: TcpStream, data: Vec<u8>) -> Vec<u8> {
     got
 }
 
-/// `len` bytes of a deterministic pseudo-random stream, starting at `offset` in it. Every 8-byte
-/// word differs, so a lost, duplicated or misplaced chunk shows up as a mismatch.
+/// `len` bytes of a deterministic pseudo-random stream, starting at `offset` in it: the stream
+/// `resound bench` sends ([`Pattern`](resound::bench::payload::Pattern)), whose period is a prime
+/// (65 521 bytes), so a lost, duplicated or misplaced chunk of any size a server uses shows up as
+/// a mismatch.
 pub fn pattern(offset: usize, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 16);
-    let mut word = offset / 8;
-    let skip = offset % 8;
-    while out.len() < len + skip {
-        out.extend_from_slice(&splitmix64(word as u64).to_le_bytes());
-        word += 1;
-    }
-    out.drain(..skip);
-    out.truncate(len);
-    out
-}
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    static PATTERN: std::sync::OnceLock<resound::bench::payload::Pattern> =
+        std::sync::OnceLock::new();
+    PATTERN
+        .get_or_init(resound::bench::payload::Pattern::new)
+        .stream(0, offset as u64, len)
 }
 
 /// Assert `got` equals `want`, reporting the first difference instead of two huge buffers.
@@ -237,12 +227,7 @@ fn collect_lines(stderr: ChildStderr) -> mpsc::Receiver<String> {
 
 /// VmRSS of process `pid` in KiB, from /proc.
 pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line")
+    resound::procfs::rss_kib(pid).expect("read /proc/PID/status")
 }
 
 /// Parse `key=value` pairs out of a stats log line.
