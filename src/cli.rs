@@ -158,6 +158,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "10")]
     pub bcast_soft_time: Duration,
 
+    /// What all clients together may pin in queued output and buffered input; over it, the
+    /// client pinning the most is disconnected [default: 1g, or a quarter of physical memory
+    /// if less]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_memory: Option<usize>,
+
     /// On SIGINT/SIGTERM, how long to let connections finish before closing them.
     #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "5")]
     pub drain_timeout: Duration,
@@ -199,6 +205,9 @@ impl ServeArgs {
         config.bcast_hard_limit = self.bcast_hard_limit;
         config.bcast_soft_limit = self.bcast_soft_limit;
         config.bcast_soft_time = self.bcast_soft_time;
+        if let Some(bytes) = self.max_memory {
+            config.max_memory = bytes;
+        }
         config.drain_timeout = self.drain_timeout;
         config.stats_interval = nonzero(self.stats_interval);
         config.handle_signals = true;

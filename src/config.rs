@@ -63,6 +63,9 @@ pub struct Config {
     pub bcast_soft_limit: usize,
     /// How long a broadcast client may stay over `bcast_soft_limit`.
     pub bcast_soft_time: Duration,
+    /// What all clients together may pin in queued output and buffered input
+    /// (`--max-memory`); over it, the client pinning the most is disconnected.
+    pub max_memory: usize,
     /// How long a graceful shutdown waits for connections to finish (`--drain-timeout`).
     pub drain_timeout: Duration,
     /// Print a stats line this often (`--stats-interval`; None = never).
@@ -98,6 +101,7 @@ impl Default for Config {
             bcast_hard_limit: 16 * 1024 * 1024,
             bcast_soft_limit: 4 * 1024 * 1024,
             bcast_soft_time: Duration::from_secs(10),
+            max_memory: crate::budget::default_limit(),
             drain_timeout: Duration::from_secs(5),
             stats_interval: None,
             close_timeout: Duration::from_secs(5),

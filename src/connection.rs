@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use log::debug;
 
 use crate::lifecycle::{AbortReason, CloseReason, Event, Phase};
-use crate::outqueue::OutQueue;
+use crate::outqueue::{OutQueue, Payload};
 
 /// What one readiness event said about the socket. Edge-triggered epoll reports each change
 /// once, so this is remembered until a read or write finds out the truth.
@@ -250,9 +250,15 @@ impl Connection {
         self.out.len()
     }
 
-    /// Memory the output queue holds (what output limits are checked against).
+    /// What the output queue costs this peer, shared payloads included (what output limits
+    /// are checked against, and what ranks clients for `--max-memory`).
     pub fn footprint(&self) -> usize {
         self.out.footprint()
+    }
+
+    /// Heap memory the output queue alone holds (shared payloads are counted once elsewhere).
+    pub fn pinned(&self) -> usize {
+        self.out.pinned()
     }
 
     /// When a byte last moved.
@@ -386,10 +392,11 @@ impl Connection {
         }
     }
 
-    /// Queue a shared chunk (a broadcast batch) without copying it, unless our side is closed.
-    pub fn queue_shared(&mut self, chunk: Rc<[u8]>) {
+    /// Queue a shared payload (a broadcast batch), by reference if it is large, unless our
+    /// side is closed.
+    pub fn queue_shared(&mut self, payload: &Rc<Payload>) {
         if self.phase.writes() {
-            self.out.push_shared(chunk);
+            self.out.push_shared(payload);
         }
     }
 
@@ -728,7 +735,8 @@ mod tests {
             readable: true,
             ..Readiness::default()
         });
-        c.queue_shared(Rc::from(&[b'x'; 1000][..]));
+        let ledger = crate::outqueue::Ledger::default();
+        c.queue_shared(&Rc::new(Payload::new(Rc::from(&[b'x'; 1000][..]), &ledger)));
         c.update_flow(10);
         assert!(c.wants_read());
     }

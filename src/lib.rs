@@ -23,6 +23,7 @@
 //! * [`service`]: what each service does with the bytes it gets, behind one interface:
 //!   echo (TCP and UDP), the broadcast line framer, the file-transfer header parser and
 //!   transfer state machine.
+//! * `budget.rs`: `--max-memory`, one budget over what every client pins.
 //! * `room.rs`: the broadcast room — membership, fan-out, output limits, the drain guarantee.
 //! * `storage.rs`: the receiving directory: temporaries, no-replace renames, cleanup.
 //! * [`digest`]: the two hash algorithms and the `done <BYTES> <ALG>:<HEX>` line, shared by the
@@ -79,6 +80,7 @@ pub mod service;
 pub mod stats;
 pub mod units;
 
+pub(crate) mod budget;
 pub(crate) mod listener;
 pub(crate) mod room;
 pub(crate) mod server;

@@ -15,9 +15,10 @@
 //!    ([`Core::visit_ready`]). A connection with work left goes back on the queue for the
 //!    next turn — edge-triggered readiness will not remind us. Lines a broadcast member sent
 //!    are fanned out to the room as soon as its visit ends;
-//! 5. **flush the room**: write to every broadcast member that got lines this turn, once, in
-//!    one vectored write — lines from several senders cost each member one syscall
-//!    ([`Core::flush_room`]);
+//! 5. **bound memory**: write to every broadcast member that got lines this turn, once, in
+//!    one vectored write — lines from several senders cost each member one syscall — then, if
+//!    clients pin more than `--max-memory` in total, disconnect the largest
+//!    ([`Core::bound_memory`]);
 //! 6. **fire timers**: idle and closing timeouts, output limits, file deadlines, the stats
 //!    line, and the drain's progress and deadline ([`Core::fire_timers`]);
 //! 7. **sweep**: free the connections that reached CLOSED during this turn
@@ -26,7 +27,8 @@
 //!
 //! Each step is one call into a type that owns its concern: [`Accepting`] (listeners),
 //! [`UdpEcho`], the connections ([`TcpConn`] with its sans-IO [`Connection`] core, and a
-//! [`Session`] of its service), the [`Room`], the [`Timers`], [`Stop`] and [`Drain`].
+//! [`Session`] of its service), the [`Room`], the [`Budget`], the [`Timers`], [`Stop`] and
+//! [`Drain`].
 //!
 //! # Tokens
 //!
@@ -47,6 +49,7 @@ use log::{debug, info, warn};
 use mio::{Events, Poll, Registry, Token, Waker};
 use slab::Slab;
 
+use crate::budget::{self, Budget};
 use crate::config::Config;
 use crate::connection::{Connection, Input, Timeouts};
 use crate::lifecycle::{AbortReason, CloseReason, Phase};
@@ -120,6 +123,8 @@ struct Client {
     queued: bool,
     /// The time of this connection's entry in the timer queue that counts (see `timer.rs`).
     timer_at: Option<Instant>,
+    /// What this client pinned when the budget last heard of it (see `budget.rs`).
+    pinned: usize,
 }
 
 /// Everything but the poller, so the loop can iterate the events while mutating the rest.
@@ -135,6 +140,8 @@ struct Core {
     /// Connections that reached CLOSED this turn, freed by the sweep.
     closed: Vec<usize>,
     room: Room,
+    /// `--max-memory`: what every client pins, in total.
+    budget: Budget,
     /// What the services share: the store, their limits, the counters.
     shared: Shared,
     timers: Timers,
@@ -176,6 +183,7 @@ impl Server {
         };
 
         let now = Instant::now();
+        let budget = Budget::new(config.max_memory);
         Ok(Server {
             poll,
             events: Events::with_capacity(EVENTS_CAPACITY),
@@ -190,11 +198,15 @@ impl Server {
                 clients: Slab::new(),
                 run_queue: Vec::new(),
                 closed: Vec::new(),
-                room: Room::new(OutputLimits {
-                    hard: config.bcast_hard_limit,
-                    soft: config.bcast_soft_limit,
-                    soft_time: config.bcast_soft_time,
-                }),
+                room: Room::new(
+                    OutputLimits {
+                        hard: config.bcast_hard_limit,
+                        soft: config.bcast_soft_limit,
+                        soft_time: config.bcast_soft_time,
+                    },
+                    budget.ledger(),
+                ),
+                budget,
                 shared: Shared {
                     store,
                     max_line: config.max_line,
@@ -312,6 +324,7 @@ impl Core {
             || self.accepting.ready()
             || self.udp.as_ref().is_some_and(UdpEcho::ready)
             || self.stop.pending()
+            || self.budget.over()
         {
             return Some(Duration::ZERO);
         }
@@ -320,6 +333,7 @@ impl Core {
             self.drain.deadline(),
             self.accepting.deadline(),
             self.ticker.next(),
+            self.budget.give_back_at(),
         ]
         .into_iter()
         .flatten()
@@ -354,7 +368,7 @@ impl Core {
     fn turn(&mut self) {
         self.take_in(); // 3
         self.visit_ready(); // 4
-        self.flush_room(); // 5
+        self.bound_memory(); // 5
         self.fire_timers(); // 6
         self.sweep(); // 7
     }
@@ -419,6 +433,7 @@ impl Core {
             session,
             queued: false,
             timer_at: None,
+            pinned: 0,
         });
         self.shared.stats.accepted += 1;
         self.after_visit(key);
@@ -519,6 +534,11 @@ impl Core {
         let client = &mut self.clients[key];
         client.tcp.core.settle(now, &self.timeouts);
         client.tcp.carry_out(&self.registry, token(key));
+        let pinned = client.tcp.core.pinned() + client.session.buffered();
+        if pinned != client.pinned {
+            self.budget.account(client.pinned, pinned);
+            client.pinned = pinned;
+        }
         if client.tcp.core.phase() == Phase::Closed {
             self.closed.push(key);
             return;
@@ -543,10 +563,11 @@ impl Core {
         }
     }
 
-    // ------------------------------------------------------------------ 5. flush the room
+    // ------------------------------------------------------------------ 5. bound memory
 
-    /// Step 5: write out what the room queued this turn, one vectored write per member.
-    fn flush_room(&mut self) {
+    /// Step 5: write out what the room queued this turn (one vectored write per member), then
+    /// hold the memory budget.
+    fn bound_memory(&mut self) {
         let list = self.room.take_flush_list();
         for &key in &list {
             let client = &mut self.clients[key];
@@ -554,6 +575,33 @@ impl Core {
             self.after_visit(key);
         }
         self.room.recycle_flush_list(list);
+        if self.budget.over() {
+            self.hold_budget();
+        }
+    }
+
+    /// Over `--max-memory`: disconnect the clients pinning the most, until under (at most
+    /// [`budget::EVICTIONS_PER_TURN`] this turn; the next turn goes on).
+    fn hold_budget(&mut self) {
+        let candidates = self.clients.iter().filter_map(|(key, c)| {
+            let core = &c.tcp.core;
+            (core.queued() > 0 && core.phase() != Phase::Closed).then(|| (core.footprint(), key))
+        });
+        for (footprint, key) in Budget::rank(candidates) {
+            if !self.budget.over() {
+                break;
+            }
+            let core = &mut self.clients[key].tcp.core;
+            warn!(
+                "evicted {}: {footprint} bytes pinned, over --max-memory of {} (conn {})",
+                core.peer(),
+                self.budget.limit(),
+                core.id()
+            );
+            core.abort(AbortReason::Evicted("over --max-memory"));
+            self.budget.note_eviction();
+            self.after_visit(key);
+        }
     }
 
     // ------------------------------------------------------------------ 6. timers
@@ -590,6 +638,9 @@ impl Core {
             clients.get(key).is_some_and(|c| c.timer_at == Some(at))
         });
 
+        if self.budget.should_give_back(now) {
+            budget::give_back();
+        }
         if self.ticker.due(now) || self.stop.take_stats_wanted() {
             info!("stats: {}", self.snapshot());
         }
@@ -610,6 +661,7 @@ impl Core {
             {
                 let client = self.clients.remove(key);
                 self.room.leave(key);
+                self.budget.account(client.pinned, 0);
                 let core = &client.tcp.core;
                 let stats = &mut self.shared.stats;
                 stats.closed += 1;
@@ -697,7 +749,7 @@ impl Core {
         let room = self.room.counters();
         totals.lines_in = room.lines_in;
         totals.lines_out = room.lines_out;
-        totals.evicted = room.evicted;
+        totals.evicted = room.evicted + self.budget.evicted();
         totals.rejected += self.accepting.rejected;
         for (_, client) in &self.clients {
             let core = &client.tcp.core;
@@ -777,8 +829,8 @@ impl Mailbox for Client {
         self.tcp.core.phase() == Phase::Established
     }
 
-    fn queue(&mut self, chunk: std::rc::Rc<[u8]>) {
-        self.tcp.core.queue_shared(chunk);
+    fn queue(&mut self, payload: &std::rc::Rc<crate::outqueue::Payload>) {
+        self.tcp.core.queue_shared(payload);
     }
 
     fn footprint(&self) -> usize {
