@@ -450,6 +450,16 @@ impl Connection {
         self.drain_limit.is_some() && self.read_allowance(1) == 0 && self.out.is_empty()
     }
 
+    /// A graceful stop found nothing owed either way: the queue is empty, and the kernel holds
+    /// no unread byte for us and no unacknowledged byte for the peer (the I/O layer asked it).
+    /// Release the connection now instead of waiting for the peer's FIN, which an idle client
+    /// would never send.
+    pub fn release(&mut self) {
+        if self.out.is_empty() {
+            self.step(Event::Release);
+        }
+    }
+
     /// Does input received before the stop remain unread? (A broadcast member's unread lines
     /// must reach the room before any member is closed; see `room.rs`.)
     pub fn has_unread_input(&self) -> bool {
@@ -955,6 +965,28 @@ mod tests {
         assert!(!c.is_drained());
         flush_all(&mut c);
         assert!(c.is_drained());
+    }
+
+    #[test]
+    fn test_release_at_a_stop_never_drops_owed_bytes() {
+        let now = t0();
+        let mut c = conn(now);
+        c.queue_copy(b"owed");
+        c.release();
+        assert_eq!(c.phase(), Phase::Established, "bytes are owed: no release");
+        flush_all(&mut c);
+        c.release();
+        assert_eq!(c.phase(), Phase::Closed);
+        assert_eq!(actions(&mut c), [], "a plain close(): no reset");
+    }
+
+    #[test]
+    fn test_release_after_our_fin() {
+        let now = t0();
+        let mut c = fin_wait_1(now, b"");
+        assert_eq!(c.phase(), Phase::FinWait2);
+        c.release();
+        assert_eq!(c.phase(), Phase::Closed);
     }
 
     #[test]

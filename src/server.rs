@@ -57,7 +57,7 @@ use crate::listener::{self, Accepting, NewClient};
 use crate::room::{Eviction, Mailbox, Origin, OutputLimits, Room};
 use crate::service::{Action, Actions, Cx, OnStop, Service, ServiceKind, Session, Shared};
 use crate::shutdown::{Drain, Handle, Stop, StopStep};
-use crate::stats::{Snapshot, Stats, Ticker};
+use crate::stats::{Reporter, Snapshot, Stats, Ticker};
 use crate::storage::Store;
 use crate::tcp::TcpConn;
 use crate::timer::Timers;
@@ -76,6 +76,14 @@ const FIRST_CONN: usize = 16;
 /// transfer pays a loop turn per 64 KiB, small enough that one fast client delays the others by
 /// microseconds, not milliseconds.
 pub const IO_BUDGET: usize = 64 * 1024;
+
+/// Clients refused at `--max-conns` that may be closed in order at once (each holds a
+/// descriptor for up to `--close-timeout`); past it, refusals are immediate.
+const MAX_REFUSING: usize = 16;
+
+/// During a graceful stop, how often connections waiting for the peer's acknowledgement of
+/// our FIN are looked at again.
+const DRAIN_RECHECK: Duration = Duration::from_millis(20);
 
 /// Events taken from the kernel per `poll`.
 const EVENTS_CAPACITY: usize = 1024;
@@ -125,6 +133,8 @@ struct Client {
     timer_at: Option<Instant>,
     /// What this client pinned when the budget last heard of it (see `budget.rs`).
     pinned: usize,
+    /// Turned away at `--max-conns`, and being closed in order.
+    refused: bool,
 }
 
 /// Everything but the poller, so the loop can iterate the events while mutating the rest.
@@ -140,6 +150,8 @@ struct Core {
     /// Connections that reached CLOSED this turn, freed by the sweep.
     closed: Vec<usize>,
     room: Room,
+    /// Clients refused at `--max-conns` that are still being closed in order.
+    refusing: usize,
     /// `--max-memory`: what every client pins, in total.
     budget: Budget,
     /// What the services share: the store, their limits, the counters.
@@ -147,7 +159,10 @@ struct Core {
     timers: Timers,
     stop: Stop,
     drain: Drain,
+    /// During a drain, when to look again for connections the peer has acknowledged.
+    drain_recheck: Option<Instant>,
     ticker: Ticker,
+    reporter: Reporter,
     scratch: Box<[u8]>,
     bound: Vec<Bound>,
     next_id: u64,
@@ -158,6 +173,7 @@ struct Core {
 impl Server {
     /// Bind every configured socket and set up the poller. Errors name the socket that failed.
     pub fn bind(config: Config) -> io::Result<Server> {
+        let warnings = config.check_against_system();
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
         let handle = Handle::new(Waker::new(&registry, WAKER)?);
@@ -181,6 +197,22 @@ impl Server {
             })?),
             None => None,
         };
+
+        // The operator's view, as Redis gives it at start-up: what runs, and within what.
+        let services: Vec<String> = bound
+            .iter()
+            .map(|b| format!("{} {} {}", b.service, b.service.proto(), b.addr))
+            .collect();
+        info!(
+            "resound {} (pid {}) serving {}; {}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            services.join(", "),
+            config.limits_summary()
+        );
+        for warning in warnings {
+            warn!("{warning}");
+        }
 
         let now = Instant::now();
         let budget = Budget::new(config.max_memory);
@@ -207,6 +239,7 @@ impl Server {
                     budget.ledger(),
                 ),
                 budget,
+                refusing: 0,
                 shared: Shared {
                     store,
                     max_line: config.max_line,
@@ -216,7 +249,9 @@ impl Server {
                 timers: Timers::new(),
                 stop,
                 drain: Drain::Serving,
+                drain_recheck: None,
                 ticker: Ticker::new(config.stats_interval, now),
+                reporter: Reporter::default(),
                 scratch: vec![0; SCRATCH.max(udp::MAX_DATAGRAM)].into_boxed_slice(),
                 bound,
                 next_id: 1,
@@ -331,6 +366,7 @@ impl Core {
         let deadline = [
             self.timers.next_deadline(),
             self.drain.deadline(),
+            self.drain_recheck,
             self.accepting.deadline(),
             self.ticker.next(),
             self.budget.give_back_at(),
@@ -400,7 +436,10 @@ impl Core {
 
     /// Take a new client in, or turn it away if `--max-conns` is reached.
     fn admit(&mut self, new: NewClient) {
-        if self.clients.len() >= self.config.max_conns {
+        let full = self.clients.len() - self.refusing >= self.config.max_conns;
+        if full && self.refusing >= MAX_REFUSING {
+            // Too many are being refused already: the short way (a client that already sent
+            // data may see a reset instead of the line).
             self.accepting
                 .turn_away(new, self.now, "--max-conns reached");
             return;
@@ -425,8 +464,22 @@ impl Core {
             "conn {id} {} LISTEN -> ESTABLISHED (accepted on {})",
             new.peer, new.service
         );
-        if session.kind() == ServiceKind::Broadcast {
-            self.room.join(key);
+        if full {
+            // Refused the long way, as a lingering close: the line, our FIN after it, then
+            // whatever the client sent is read and discarded until its FIN (or the close
+            // timeout). Closing at once with its data unread would make the kernel answer
+            // with a reset, which can destroy the line before the client reads it.
+            tcp.send(listener::TOO_MANY);
+            tcp.core
+                .close(CloseReason::Protocol("too many connections"));
+            self.accepting
+                .count_refusal(self.now, "--max-conns reached");
+            self.refusing += 1;
+        } else {
+            if session.kind() == ServiceKind::Broadcast {
+                self.room.join(key);
+            }
+            self.shared.stats.accepted += 1;
         }
         entry.insert(Client {
             tcp,
@@ -434,8 +487,8 @@ impl Core {
             queued: false,
             timer_at: None,
             pinned: 0,
+            refused: full,
         });
-        self.shared.stats.accepted += 1;
         self.after_visit(key);
     }
 
@@ -507,7 +560,9 @@ impl Core {
         }
 
         // A graceful stop closes a connection once it has served what was pending and owes
-        // nothing — and, for a broadcast member, once the room allows it.
+        // nothing — and, for a broadcast member, once the room allows it. If the kernel holds
+        // nothing either way, it is released at once; otherwise our FIN goes out after what
+        // is owed, and the connection is released when the peer has acknowledged it all.
         if client.tcp.core.phase() == Phase::Established
             && client.tcp.core.is_drained()
             && self.room.may_close(key)
@@ -520,6 +575,9 @@ impl Core {
                 now,
                 |s, cx| s.on_drained(cx),
             );
+            if client.tcp.kernel_idle() {
+                client.tcp.core.release();
+            }
             client.tcp.core.close(CloseReason::Shutdown);
         }
         // The sender is released: its lines can go to the others.
@@ -641,8 +699,13 @@ impl Core {
         if self.budget.should_give_back(now) {
             budget::give_back();
         }
-        if self.ticker.due(now) || self.stop.take_stats_wanted() {
-            info!("stats: {}", self.snapshot());
+        if self.stop.take_stats_wanted() {
+            info!("stats: {}", self.snapshot()); // asked for: always
+        }
+        if self.ticker.due(now)
+            && let Some(line) = self.reporter.periodic(now, self.snapshot())
+        {
+            info!("stats: {line}");
         }
         self.check_drain();
     }
@@ -664,7 +727,11 @@ impl Core {
                 self.budget.account(client.pinned, 0);
                 let core = &client.tcp.core;
                 let stats = &mut self.shared.stats;
-                stats.closed += 1;
+                if client.refused {
+                    self.refusing -= 1;
+                } else {
+                    stats.closed += 1;
+                }
                 stats.bytes_in += core.bytes_in();
                 stats.bytes_out += core.bytes_out();
                 stats.discarded += core.discarded();
@@ -685,7 +752,8 @@ impl Core {
     /// has no unread input and no unsent output.
     fn begin_drain(&mut self) {
         info!(
-            "shutting down: listeners closed, draining {} connection(s) for at most {:?}",
+            "shutting down: listeners closed, draining {} connection(s) for at most {:?} \
+             (a second SIGINT or SIGTERM stops at once)",
             self.clients.len(),
             self.config.drain_timeout
         );
@@ -711,6 +779,7 @@ impl Core {
         if !self.drain.stopping() {
             return;
         }
+        self.release_acknowledged();
         if self.drain.expired(self.now) && !self.clients.is_empty() {
             warn!(
                 "drain timeout: closing {} connection(s) that did not finish",
@@ -726,6 +795,33 @@ impl Core {
                 enqueue(&mut self.run_queue, &mut self.clients[key], key);
             }
         }
+    }
+
+    /// During a drain: release every connection whose FIN the peer has acknowledged with all
+    /// that came before it. Waiting for the peer's own FIN would hold the stop for a client
+    /// that is simply idle — it has everything and may never close. Readiness does not report
+    /// an acknowledgement, so these are looked at every [`DRAIN_RECHECK`] while any remains.
+    fn release_acknowledged(&mut self) {
+        if self.drain_recheck.is_some_and(|t| t > self.now) {
+            return;
+        }
+        let mut released = Vec::new();
+        let mut waiting = false;
+        for (key, client) in self.clients.iter_mut() {
+            if client.tcp.core.phase() != Phase::FinWait2 {
+                continue;
+            }
+            if client.tcp.kernel_idle() {
+                client.tcp.core.release();
+                released.push(key);
+            } else {
+                waiting = true;
+            }
+        }
+        for key in released {
+            self.after_visit(key);
+        }
+        self.drain_recheck = waiting.then(|| self.now + DRAIN_RECHECK);
     }
 
     fn abort_all(&mut self) {
