@@ -549,9 +549,15 @@ impl Connection {
         if from == to {
             return;
         }
+        // An abort says what kind of end it is: a reset we send, or a socket already dead.
+        let how = match event {
+            Event::Abort(reason) if reason.resets() => "; reset sent",
+            Event::Abort(AbortReason::Io(_)) => "; the socket failed",
+            _ => "",
+        };
         debug!(
-            "conn {} {} {} -> {} ({})",
-            self.id, self.peer, from, to, event
+            "conn {} {} {} -> {} ({event}{how})",
+            self.id, self.peer, from, to
         );
         self.phase = to;
         if to == Phase::FinWait2 {

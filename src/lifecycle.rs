@@ -226,7 +226,7 @@ impl AbortReason {
 impl fmt::Display for AbortReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AbortReason::Io(kind) => write!(f, "error: {kind}"),
+            AbortReason::Io(kind) => write!(f, "I/O error: {kind}"),
             AbortReason::CloseTimeout => f.write_str("close timeout"),
             AbortReason::IdleTimeout => f.write_str("idle timeout"),
             AbortReason::Drain => f.write_str("drain timeout"),
@@ -412,6 +412,6 @@ mod tests {
     fn test_event_reasons_read_well_in_the_log() {
         assert_eq!(PeerFin.to_string(), "peer FIN");
         assert_eq!(SHUTDOWN.to_string(), "shutting down");
-        assert_eq!(RESET.to_string(), "error: connection reset");
+        assert_eq!(RESET.to_string(), "I/O error: connection reset");
     }
 }
