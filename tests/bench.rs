@@ -396,17 +396,79 @@ fn test_lines_returned_to_their_sender_are_reported() {
     assert_eq!(r.exit_code(), 1);
 }
 
-/// A server that closes each connection after one message: one `closed` per connection, its
-/// message in flight abandoned with it (not counted again as lost).
+/// A broadcast relay that damages lines on their way: the filler of some (their header still
+/// reads), the header of others (they cannot say whose they are). Each damaged line is one
+/// `corrupt` error: not also a gap in its sender's sequence, nor a stall of its window.
+#[test]
+fn test_damaged_broadcast_lines_are_counted_once() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::{Arc, Mutex};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = 4; // 3 receivers and 1 sender
+    thread::spawn(move || {
+        let all: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let damaged = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        for stream in listener.incoming().take(conns) {
+            let Ok(stream) = stream else { return };
+            let me = stream.peer_addr().unwrap();
+            all.lock().unwrap().push(stream.try_clone().unwrap());
+            let all = all.clone();
+            let damaged = damaged.clone();
+            thread::spawn(move || {
+                let mut lines = BufReader::new(stream);
+                let mut line = Vec::new();
+                let mut n = 0u64;
+                while matches!(lines.read_until(b'\n', &mut line), Ok(k) if k > 0) {
+                    if line.starts_with(b"~b") {
+                        n += 1;
+                        match n % 10 {
+                            3 => line[50] ^= 1,  // the filler
+                            7 => line[0] = b'X', // the header
+                            _ => {}
+                        }
+                        if n % 10 == 3 || n % 10 == 7 {
+                            damaged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    for m in all.lock().unwrap().iter_mut() {
+                        if m.peer_addr().ok() != Some(me) {
+                            let _ = m.write_all(&line);
+                        }
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    // Closed loop with a small window: a damaged line that never counted as delivered would
+    // stall the sender after a few lines (and then count a timeout).
+    let mut p = plan(Mode::Broadcast, addr);
+    p.connections = conns - 1;
+    p.window = 4;
+    p.drain = Duration::from_millis(500);
+    let r = run(&p);
+    assert!(r.errors.corrupt > 0, "{}", r.summary());
+    assert_eq!(r.errors.total(), r.errors.corrupt, "{}", r.summary());
+    assert!(r.sent_total > 100, "the window stalled: {}", r.summary());
+    assert_eq!(r.exit_code(), 1);
+}
+
+/// A server that closes each connection after one message: one `closed` per connection, the
+/// second message in flight abandoned with it (not counted again as lost).
 #[test]
 fn test_connections_closed_by_the_server_are_counted_once() {
     let addr = bad_server(4, echo_once_then_close);
     let mut p = plan(Mode::Echo, addr);
     p.connections = 4;
+    p.pipeline = 2; // both messages written at once; the first comes back
     p.duration = Duration::from_millis(300);
     let r = run(&p);
     assert_eq!(r.errors.closed, 4, "{}", r.summary());
     assert_eq!(r.errors.total(), 4, "{}", r.summary());
+    // A connection may have written a third message before the close reached it.
+    assert_eq!(r.completed, 4, "{}", r.summary());
+    assert!(r.abandoned >= 4, "{}", r.summary());
     assert_accounted(&r);
     // Closed in order, or reset when our next message reached a socket the server had closed.
     assert!(
@@ -498,6 +560,22 @@ fn test_a_udp_target_that_is_down_fails_fast() {
         e.contains(&format!("udp {addr}: Connection refused")),
         "{e}"
     );
+}
+
+/// UDP: a server that takes datagrams and never answers fails setup after the probe timeout,
+/// saying so (not a run full of losses).
+#[test]
+fn test_a_udp_target_that_never_answers_fails_after_the_probe() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let mut p = plan(Mode::Udp, addr);
+    p.connections = 2;
+    let e = bench::run(&p).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("udp {addr}: no reply to the probe datagrams")),
+        "{e}"
+    );
+    drop(silent);
 }
 
 /// Some connections fail: the run goes on with the others, and the report names the cause
@@ -638,21 +716,31 @@ fn test_udp_to_a_broadcast_address() {
     );
 }
 
-/// A UDP echo server that drops every third datagram: each one is lost exactly once, and every
-/// datagram is accounted for.
+/// A UDP echo server that drops some datagrams, cuts the replies of others down to 4 bytes (too
+/// short to say which datagram they answer) and flips a bit in others: each fault is one error
+/// — a drop is lost, a damaged reply corrupt, not also lost — and every datagram is accounted
+/// for.
 #[test]
-fn test_udp_losses_are_counted_once() {
+fn test_udp_losses_and_damage_are_counted_once() {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = socket.local_addr().unwrap();
     socket.set_read_timeout(Some(util::TIMEOUT)).unwrap();
     thread::spawn(move || {
         let mut buf = [0u8; 2048];
-        let mut n = 0u64;
         while let Ok((len, from)) = socket.recv_from(&mut buf) {
-            n += 1;
-            if !n.is_multiple_of(3) {
-                let _ = socket.send_to(&buf[..len], from);
-            }
+            // The datagram's sequence number leads it; the setup probes (u64::MAX) pass.
+            let seq = u64::from_le_bytes(buf[..8].try_into().unwrap());
+            let reply = match seq % 7 {
+                _ if seq == u64::MAX => len,
+                3 => continue, // dropped
+                5 => 4,        // cut short
+                6 => {
+                    buf[len - 1] ^= 1; // one bit of the body: the header still names it
+                    len
+                }
+                _ => len,
+            };
+            let _ = socket.send_to(&buf[..reply], from);
         }
     });
     let mut p = plan(Mode::Udp, addr);
@@ -661,7 +749,9 @@ fn test_udp_losses_are_counted_once() {
     p.duration = Duration::from_millis(500);
     let r = run(&p);
     assert!(r.errors.lost > 0, "{}", r.summary());
-    assert_eq!(r.errors.total(), r.errors.lost, "{}", r.summary());
+    assert!(r.errors.corrupt > 0, "{}", r.summary());
+    let faults = r.errors.lost + r.errors.corrupt;
+    assert_eq!(r.errors.total(), faults, "{}", r.summary());
     assert_accounted(&r);
 }
 
@@ -710,6 +800,10 @@ fn test_cli_exit_status_and_json() {
     let series = j["series"].as_array().unwrap();
     assert!(!series.is_empty(), "{j}");
     assert!(series[0]["ops"].as_u64().unwrap() > 0, "{j}");
+    assert!(
+        series[0]["p99_us"].as_u64().is_some(),
+        "--json records them: {j}"
+    );
     assert!(j["latency_us"]["p50"].as_u64().is_some());
     assert_eq!(j["errors"], 0);
     assert_eq!(j["sent_total"], j["completed"]);

@@ -157,6 +157,8 @@ impl BenchArgs {
         plan.drain = self.drain;
         plan.setup_timeout = self.setup_timeout;
         plan.quiet = self.quiet;
+        // The progress lines and the JSON series show them; a quiet text run needs neither.
+        plan.per_second_latency = !self.quiet || self.json;
         plan.label = self.label;
         plan
     }

@@ -408,6 +408,11 @@ fn handle_line(cx: &mut Cx, peer: &mut Peer, text: &[u8], r: &mut Reading) {
             let placed = n.min(peer.unplaced);
             peer.unplaced -= placed;
             errors.lost += n - placed;
+            // The damaged lines that stand for this gap did arrive: the sender's window moves
+            // on (or it would stall on them, and count a timeout for the same fault).
+            for missing in seq - n..seq - n + placed {
+                cx.shared.windows[sender as usize].deliver(missing);
+            }
         }
         SeqOutcome::Reordered => {
             // It was counted lost when the gap opened; it is late instead.

@@ -174,6 +174,9 @@ pub struct Plan {
     pub setup_timeout: Duration,
     /// No progress lines on stderr.
     pub quiet: bool,
+    /// Record each second's latencies too (the progress lines and the report's per-second
+    /// series); a second histogram costs every operation about 10 ns.
+    pub per_second_latency: bool,
     /// A tag carried into the report.
     pub label: String,
 }
@@ -211,6 +214,7 @@ impl Plan {
             drain: Duration::from_secs(2),
             setup_timeout: Duration::from_secs(30),
             quiet: false,
+            per_second_latency: true,
             label: String::new(),
         }
     }

@@ -51,7 +51,9 @@ pub struct Interval {
     pub ops: u64,
     /// The same per second.
     pub per_sec: f64,
-    /// Their latencies (empty with `--quiet`, which records none).
+    /// Their latencies (empty unless [`Plan::per_second_latency`]).
+    ///
+    /// [`Plan::per_second_latency`]: super::Plan::per_second_latency
     pub latency: Percentiles,
     /// Errors so far (cumulative).
     pub errors: u64,
@@ -624,6 +626,10 @@ impl Report {
 pub fn cause_words(c: &Cause, plan: &Plan) -> String {
     let (t, why) = (c.target, c.reason());
     match (c.kind, plan.mode) {
+        (CauseKind::Connect, Mode::Udp) if c.errno == libc::ETIMEDOUT => format!(
+            "udp {t}: no reply to the probe datagrams within {} s",
+            super::udp::PROBE_TIMEOUT.as_secs()
+        ),
         (CauseKind::Connect, Mode::Udp) => format!("udp {t}: {why}"),
         (CauseKind::Connect, _) => format!("connect {t}: {why}"),
         (CauseKind::Closed, _) if c.errno == 0 => format!("{t}: connection {why}"),

@@ -343,7 +343,14 @@ impl Udp {
         for k in 0..self.socks.len() {
             match self.socks[k].probe {
                 Probe::Waiting(_) | Probe::Unsent if cx.now >= deadline => {
+                    // No reply in time: the server is not there, or answers nobody.
                     self.socks[k].probe = Probe::Failed;
+                    cx.tally.errors.timeouts += 1;
+                    let timed_out = io::Error::from_raw_os_error(libc::ETIMEDOUT);
+                    let target = self.socks[k].target;
+                    cx.tally
+                        .causes
+                        .count(CauseKind::Connect, target, Some(&timed_out));
                     continue;
                 }
                 Probe::Waiting(last) if cx.now < last + PROBE_EVERY => continue,

@@ -163,7 +163,7 @@ pub fn run<D: Driver>(
     let timer = FineTimer::new(poll.registry())?;
     let mut events = Events::with_capacity(1024);
     let mut tally = Tally {
-        progress: !plan.quiet,
+        progress: plan.per_second_latency,
         ..Tally::default()
     };
     let mut buf = vec![0u8; super::READ_BUF];
