@@ -271,5 +271,13 @@ mod tests {
         assert!(p.validate().is_err());
         let p = plan(&["echo", "-t", "127.0.0.1:1", "--size", "0"]);
         assert!(p.validate().is_err());
+        // A library caller can build any plan: durations that could overflow a deadline are
+        // refused here too.
+        let mut p = plan(&["echo", "-t", "127.0.0.1:1"]);
+        p.drain = Duration::MAX;
+        assert!(p.validate().unwrap_err().contains("--drain"));
+        p.drain = Duration::ZERO;
+        p.pipeline = 1 << 30;
+        assert!(p.validate().is_err());
     }
 }
