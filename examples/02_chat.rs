@@ -2,24 +2,23 @@
 //!
 //! ```go
 //! func handle(c net.Conn) {
-//!     out := make(chan string, 16)                  // this client's queue...
-//!     go func() { for l := range out { c.Write([]byte(l)) } }() // ...and its writer goroutine
+//!     out := make(chan string, 16)                    // this client's queue, and its writer:
+//!     go func() { for l := range out { c.Write([]byte(l)) } }()
 //!     entering <- out
-//!     for sc := bufio.NewScanner(c); sc.Scan(); {   // Read, split into lines
-//!         messages <- msg{out, sc.Text() + "\n"}
-//!     }
-//!     leaving <- out; c.Close()
+//!     for sc := bufio.NewScanner(c); sc.Scan(); { messages <- msg{out, sc.Text() + "\n"} }
+//!     leaving <- out
+//!     c.Close()
 //! }
-//! // broadcaster goroutine: for m := range messages { for o := range clients { if o != m.from { o <- m.text } } }
+//! // and one broadcaster goroutine:  for each m: for each o != m.from: o <- m.text
 //! ```
 //!
-//! What changes: no goroutines, no channels. The loop owns every client. The complete lines of
-//! one read become one `Rc<[u8]>` batch, queued by reference to each other client: N recipients
-//! cost N pointers, not N copies. Each queue is bounded: a client that stops reading is dropped
-//! (reset), where in Go its full channel would block the broadcaster, and so everyone.
+//! What changes: no goroutines, no channels; the loop owns the room. The complete lines of one
+//! read become one `Rc<[u8]>` batch, queued by reference to each other client: N recipients cost
+//! N pointers, not N copies. Each queue is bounded: a client that stops reading is dropped,
+//! where in Go its full channel would block the broadcaster, and so everyone.
 //!
 //! ```text
-//! cargo run --example 02_chat -- 7001      # then `nc 127.0.0.1 7001` in two terminals
+//! cargo run --example 02_chat -- 127.0.0.1:7001    # then `nc 127.0.0.1 7001` in two terminals
 //! ```
 
 use std::collections::VecDeque;
@@ -33,12 +32,12 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 const LISTENER: Token = Token(usize::MAX);
-/// Registered once, both ways: edge-triggered WRITABLE only fires after a write was refused.
+/// Registered once, both ways: edge-triggered WRITABLE fires only after a refused write.
 const READ_WRITE: Interest = Interest::READABLE.add(Interest::WRITABLE);
-/// The longest line (without its `\n`): the start of a line is kept until its end arrives.
+/// The longest line (the start of a line is kept until its `\n` arrives).
 const MAX_LINE: usize = 64 * 1024;
 /// Bytes queued for one client before it is dropped. Without a bound, one client that never
-/// reads would make the server keep every line ever sent.
+/// reads would make the server keep every line sent from then on.
 const MAX_QUEUED: usize = 1024 * 1024;
 
 struct Client {
@@ -46,29 +45,73 @@ struct Client {
     peer: SocketAddr,
     /// The start of a line whose `\n` has not arrived yet.
     partial: Vec<u8>,
-    /// Batches owed to this client, shared with the other recipients; `sent` bytes of the
-    /// front one are written already; `queued` counts what is left, for the bound.
+    /// Batches owed, shared with the other recipients; `sent` bytes of the front one are
+    /// written; `queued` is what is left, for the bound.
     queue: VecDeque<Rc<[u8]>>,
     sent: usize,
     queued: usize,
-    /// Sent its FIN: it gets no new lines, and is closed once it has what it was owed.
+    /// Sent its FIN: it gets no new lines, and is closed once it has what it is owed.
     leaving: bool,
-    /// Why it is being closed: it is freed after this batch of events (see `main`).
+    /// Why it is closed; it is freed after this batch of events (see `main`).
     closing: Option<String>,
 }
 
+#[derive(Default)]
+struct Room {
+    clients: Slab<Client>,
+    /// Keys of the clients closed during this batch of events.
+    closing: Vec<usize>,
+}
+
+impl Room {
+    fn close(&mut self, key: usize, why: String) {
+        if self.clients[key].closing.is_none() {
+            self.clients[key].closing = Some(why);
+            self.closing.push(key);
+        }
+    }
+
+    /// Queue `batch` to every client but its sender, and write to each right away.
+    fn fan_out(&mut self, from: usize, batch: &Rc<[u8]>) {
+        let mut failed = Vec::new();
+        for (key, c) in self.clients.iter_mut() {
+            if key == from || c.leaving || c.closing.is_some() {
+                continue;
+            }
+            c.queue.push_back(Rc::clone(batch)); // a pointer, not a copy
+            c.queued += batch.len();
+            if let Err(e) = flush(c) {
+                failed.push((key, format!("error: {e}")));
+            } else if c.queued > MAX_QUEUED {
+                // A reset, not a FIN: a FIN would wait behind megabytes it does not read.
+                let _ = socket2::SockRef::from(&c.stream).set_linger(Some(Duration::ZERO));
+                failed.push((
+                    key,
+                    format!("dropped: {} B queued, over {MAX_QUEUED}", c.queued),
+                ));
+            }
+        }
+        for (key, why) in failed {
+            self.close(key, why);
+        }
+    }
+}
+
 fn main() -> io::Result<()> {
-    let addr = listen_addr(std::env::args().nth(1)).unwrap_or_else(|e| {
-        eprintln!("02_chat: {e}");
+    let arg = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".into());
+    let Ok(addr) = arg.parse::<SocketAddr>() else {
+        eprintln!("usage: 02_chat [IP:PORT]");
         std::process::exit(2)
-    });
+    };
     let mut poll = Poll::new()?;
     let mut listener = TcpListener::bind(addr)?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     println!("listening chat tcp {}", listener.local_addr()?);
     let mut events = Events::with_capacity(256);
-    let mut clients: Slab<Client> = Slab::new();
+    let mut room = Room::default();
     let mut buf = vec![0; 64 * 1024];
 
     loop {
@@ -78,35 +121,29 @@ fn main() -> io::Result<()> {
         }
         for event in events.iter() {
             if event.token() == LISTENER {
-                accept_all(&listener, &poll, &mut clients);
+                accept_all(&listener, &poll, &mut room.clients);
                 continue;
             }
             let key = event.token().0;
-            match clients.get(key) {
-                Some(c) if c.closing.is_none() => {}
-                _ => continue, // gone, or on its way out
+            if room.clients.get(key).is_none_or(|c| c.closing.is_some()) {
+                continue; // gone, or on its way out
             }
-            if let Err(e) = take_lines(&mut clients, key, &mut buf) {
-                close(&mut clients[key], format!("error: {e}"));
+            if let Err(e) = take_lines(&mut room, key, &mut buf) {
+                room.close(key, format!("error: {e}"));
             }
-            let c = &mut clients[key];
+            let c = &mut room.clients[key];
             match flush(c) {
-                Err(e) => close(c, format!("error: {e}")),
-                Ok(()) if c.leaving && c.queue.is_empty() => close(c, "left".into()),
+                Err(e) => room.close(key, format!("error: {e}")),
+                Ok(()) if c.leaving && c.queue.is_empty() => room.close(key, "left".into()),
                 Ok(()) => {}
             }
         }
-        // Free the closed clients only now. A client dropped while serving another one may
-        // still have an event further down this batch; had we freed its slab slot at once, a
-        // client accepted in between could get that slot, and the stale event with it.
-        let closed: Vec<usize> = clients
-            .iter()
-            .filter(|(_, c)| c.closing.is_some())
-            .map(|(k, _)| k)
-            .collect();
-        for key in closed {
-            let c = clients.remove(key); // drop = close()
-            println!("conn {key} {} {}", c.peer, c.closing.unwrap());
+        // Free the closed clients only now. One dropped while serving another may still have
+        // an event further down this batch: had its slab slot been freed at once, a client
+        // accepted in between could take the slot, and receive that stale event.
+        for key in room.closing.drain(..) {
+            let c = room.clients.remove(key); // drop = close()
+            println!("conn {key} {} {}", c.peer, c.closing.unwrap_or_default());
         }
     }
 }
@@ -116,26 +153,26 @@ fn accept_all(listener: &TcpListener, poll: &Poll, clients: &mut Slab<Client>) {
         match listener.accept() {
             Ok((mut stream, peer)) => {
                 let key = clients.vacant_key();
-                if let Err(e) = poll
+                if poll
                     .registry()
                     .register(&mut stream, Token(key), READ_WRITE)
+                    .is_ok()
                 {
-                    eprintln!("register {peer}: {e}");
-                    continue;
+                    println!("conn {key} {peer} joined");
+                    let (partial, queue, sent, queued) = (vec![], VecDeque::new(), 0, 0);
+                    let (leaving, closing) = (false, None);
+                    let client = Client {
+                        stream,
+                        peer,
+                        partial,
+                        queue,
+                        sent,
+                        queued,
+                        leaving,
+                        closing,
+                    };
+                    clients.insert(client);
                 }
-                println!("conn {key} {peer} joined");
-                let (partial, queue) = (Vec::new(), VecDeque::new());
-                let (sent, queued, leaving, closing) = (0, 0, false, None);
-                clients.insert(Client {
-                    stream,
-                    peer,
-                    partial,
-                    queue,
-                    sent,
-                    queued,
-                    leaving,
-                    closing,
-                });
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -145,11 +182,11 @@ fn accept_all(listener: &TcpListener, poll: &Poll, clients: &mut Slab<Client>) {
     }
 }
 
-/// Read everything `key` sent (until `WouldBlock`); the complete lines of each read go to the
-/// others as one batch. A last line without `\n` at the FIN is delivered with one added.
-fn take_lines(clients: &mut Slab<Client>, key: usize, buf: &mut [u8]) -> io::Result<()> {
-    while !clients[key].leaving {
-        let c = &mut clients[key];
+/// Read all `key` sent (until `WouldBlock`); the complete lines of each read go to the others
+/// as one batch. A last line without `\n` at the FIN is delivered with one added.
+fn take_lines(room: &mut Room, key: usize, buf: &mut [u8]) -> io::Result<()> {
+    while !room.clients[key].leaving {
+        let c = &mut room.clients[key];
         match c.stream.read(buf) {
             Ok(0) => {
                 c.leaving = true;
@@ -162,41 +199,16 @@ fn take_lines(clients: &mut Slab<Client>, key: usize, buf: &mut [u8]) -> io::Res
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
-        // Everything up to the last `\n` is whole lines: one shared batch.
         if let Some(end) = c.partial.iter().rposition(|&b| b == b'\n') {
-            let batch: Rc<[u8]> = Rc::from(&c.partial[..=end]);
+            let batch: Rc<[u8]> = Rc::from(&c.partial[..=end]); // whole lines only
             c.partial.drain(..=end);
-            fan_out(clients, key, &batch);
+            room.fan_out(key, &batch);
         }
-        if clients[key].partial.len() > MAX_LINE {
+        if room.clients[key].partial.len() > MAX_LINE {
             return Err(io::Error::other("line too long"));
         }
     }
     Ok(())
-}
-
-/// Queue `batch` to every client but its sender, and write it to each right away.
-fn fan_out(clients: &mut Slab<Client>, from: usize, batch: &Rc<[u8]>) {
-    for (key, c) in clients.iter_mut() {
-        if key == from || c.leaving || c.closing.is_some() {
-            continue;
-        }
-        c.queue.push_back(Rc::clone(batch)); // a pointer, not a copy
-        c.queued += batch.len();
-        if let Err(e) = flush(c) {
-            close(c, format!("error: {e}"));
-        } else if c.queued > MAX_QUEUED {
-            // A reset, not a FIN: a FIN would wait behind megabytes this client is not reading.
-            let _ = socket2::SockRef::from(&c.stream).set_linger(Some(Duration::ZERO));
-            close(
-                c,
-                format!(
-                    "dropped: {} bytes queued, over {MAX_QUEUED} (reset)",
-                    c.queued
-                ),
-            );
-        }
-    }
 }
 
 /// Write what is queued until done or the socket is full (its WRITABLE edge brings us back).
@@ -219,25 +231,10 @@ fn flush(c: &mut Client) -> io::Result<()> {
     Ok(())
 }
 
-fn close(c: &mut Client, why: String) {
-    c.closing.get_or_insert(why);
-}
-
-/// `PORT` or `:PORT` is every IPv4 interface; none is 127.0.0.1:0 (see 01_echo).
-fn listen_addr(arg: Option<String>) -> Result<SocketAddr, String> {
-    let arg = arg.unwrap_or_else(|| "127.0.0.1:0".into());
-    match arg.strip_prefix(':').unwrap_or(&arg).parse::<u16>() {
-        Ok(port) => Ok(SocketAddr::from(([0, 0, 0, 0], port))),
-        Err(_) => arg
-            .parse()
-            .map_err(|_| format!("{arg:?}: not PORT, :PORT or IP:PORT")),
-    }
-}
-
 // Where resound does more:
-// * src/room.rs: the same fan-out, plus a soft limit (over 4 MiB for 10 s) beside the hard one,
+// * src/room.rs: the same fan-out with a soft limit (over 4 MiB for 10 s) beside the hard one,
 //   and one vectored write per member per loop turn carrying every sender's lines;
-// * src/service/broadcast.rs: the line framer, pure and property-tested, that refuses an
-//   overlong line with a message; src/outqueue.rs: the queue of shared and copied bytes;
-// * src/server.rs: a per-turn read budget, so one sender flooding the room cannot keep the loop
-//   (here `take_lines` reads one client until it has nothing more).
+// * src/service/broadcast.rs: the line framer, pure and property-tested, which answers an
+//   overlong line with an error line; src/outqueue.rs: a queue of shared and copied bytes;
+// * src/server.rs: a read budget per turn, so one sender flooding the room cannot keep the
+//   loop to itself (here `take_lines` reads a client until it has nothing more).

@@ -1,24 +1,23 @@
 //! Step 4 — receiving files: a name, `ok`, the content, the sender's close. It replaces:
 //!
 //! ```go
-//! c, _ := ln.Accept()                    // in a goroutine per client:
-//! n, _ := c.Read(buf)                    // the name: whatever the first Read returns
-//! f, _ := os.Create(string(buf[:n]))     // "../../etc/x" would be written too
+//! c, _ := ln.Accept()                   // then, in a goroutine per client:
+//! n, _ := c.Read(buf)                   // the name: whatever the first Read returns
+//! f, _ := os.Create(string(buf[:n]))    // "../../etc/x" would be written too
 //! c.Write([]byte("ok"))
-//! io.Copy(f, c)                          // the content, until the sender closes (EOF)
+//! io.Copy(f, c)                         // the content, until the sender closes (EOF)
 //! f.Close(); c.Close()
 //! ```
 //!
-//! What changes: the transfer is a small state machine (`Stage`) that moves one event at a
-//! time. "Whatever the first Read returns" becomes "what arrived before the socket ran dry
-//! (`WouldBlock`)", or everything before a `\n` — the sender writes its name in one go and then
-//! waits for `ok`, so a dry socket means the name is complete. The name must be a plain file
-//! name; the reply waits in `owed` if the socket cannot take it; content goes to the file as it
-//! arrives; a reset removes the partial file.
+//! What changes: each transfer is a small state machine (`Stage`) moved on by events. "What the
+//! first Read returns" becomes "what arrived before the socket ran dry (`WouldBlock`)": the
+//! sender writes its name at once and then waits for `ok`, so a dry socket means the name is
+//! all there. The name must be a plain file name; `ok` waits in `owed` if the socket cannot
+//! take it; content goes to the file as it arrives; a reset removes the partial file.
 //!
 //! ```text
-//! cargo run --example 04_files -- 7002 received/      # ADDR (as in 01_echo) and a directory
-//! (printf 'notes.txt\n'; cat notes.txt) | nc -N 127.0.0.1 7002
+//! cargo run --example 04_files -- 127.0.0.1:7002 received/          # IP:PORT and a directory
+//! (printf notes.txt; sleep 1; cat notes.txt) | nc -N 127.0.0.1 7002  # name, pause, content
 //! ```
 
 use std::fs::{self, File, OpenOptions};
@@ -31,23 +30,23 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 const LISTENER: Token = Token(usize::MAX);
-/// Registered once, both ways: edge-triggered WRITABLE only fires after a write was refused.
+/// Registered once, both ways: edge-triggered WRITABLE fires only after a refused write.
 const READ_WRITE: Interest = Interest::READABLE.add(Interest::WRITABLE);
-/// The longest name most file systems take, in bytes.
+/// The longest name most file systems take, in bytes; also what we buffer before a decision.
 const MAX_NAME: usize = 255;
 
-/// Where a transfer is; each event moves it on at most as far as the bytes allow.
+/// Where a transfer is.
 enum Stage {
-    /// Collecting the name.
+    /// Collecting the name until the socket runs dry.
     Name(Vec<u8>),
-    /// `ok` sent; every byte goes to the file until the sender's FIN.
+    /// `ok` owed or sent; every byte goes to the file until the sender's FIN.
     Content {
         file: File,
         path: PathBuf,
         bytes: u64,
     },
-    /// An error line owed, then our FIN; reading and discarding until the sender's FIN.
-    Refused { fin_sent: bool },
+    /// An error line owed, then our FIN; what the sender still sends is read and discarded.
+    Refused,
 }
 
 struct Transfer {
@@ -60,11 +59,12 @@ struct Transfer {
 
 fn main() -> io::Result<()> {
     let mut args = std::env::args().skip(1);
-    let addr = listen_addr(args.next()).unwrap_or_else(|e| {
-        eprintln!("04_files: {e}");
-        std::process::exit(2)
-    });
+    let arg = args.next().unwrap_or_else(|| "127.0.0.1:0".into());
     let dir = PathBuf::from(args.next().unwrap_or_else(|| "received".into()));
+    let Ok(addr) = arg.parse::<SocketAddr>() else {
+        eprintln!("usage: 04_files [IP:PORT [DIR]]");
+        std::process::exit(2)
+    };
     fs::create_dir_all(&dir)?;
     let mut poll = Poll::new()?;
     let mut listener = TcpListener::bind(addr)?;
@@ -89,20 +89,18 @@ fn main() -> io::Result<()> {
             let Some(t) = transfers.get_mut(key) else {
                 continue;
             };
-            let done = match serve(t, &mut buf, &dir) {
-                Ok(done) => done,
+            match serve(t, &mut buf, &dir) {
+                Ok(false) => continue,
+                Ok(true) => {}
                 Err(e) => {
-                    // Reset or I/O error: a file cut short must not look like a received one.
+                    println!("conn {} error: {e}", t.peer);
+                    // A reset mid-transfer: a file cut short must not look like a received one.
                     if let Stage::Content { path, .. } = &t.stage {
                         let _ = fs::remove_file(path);
                     }
-                    println!("conn {key} {} error: {e}", t.peer);
-                    true
                 }
-            };
-            if done {
-                transfers.remove(key); // drop = close()
             }
+            transfers.remove(key); // drop = close()
         }
     }
 }
@@ -111,21 +109,20 @@ fn accept_all(listener: &TcpListener, poll: &Poll, transfers: &mut Slab<Transfer
     loop {
         match listener.accept() {
             Ok((mut stream, peer)) => {
-                let key = transfers.vacant_key();
-                if let Err(e) = poll
+                let token = Token(transfers.vacant_key());
+                if poll
                     .registry()
-                    .register(&mut stream, Token(key), READ_WRITE)
+                    .register(&mut stream, token, READ_WRITE)
+                    .is_ok()
                 {
-                    eprintln!("register {peer}: {e}");
-                    continue;
+                    let (stage, owed) = (Stage::Name(Vec::new()), Vec::new());
+                    transfers.insert(Transfer {
+                        stream,
+                        peer,
+                        stage,
+                        owed,
+                    });
                 }
-                let (stage, owed) = (Stage::Name(Vec::new()), Vec::new());
-                transfers.insert(Transfer {
-                    stream,
-                    peer,
-                    stage,
-                    owed,
-                });
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -141,36 +138,32 @@ fn serve(t: &mut Transfer, buf: &mut [u8], dir: &Path) -> io::Result<bool> {
         while !t.owed.is_empty() {
             match t.stream.write(&t.owed) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()), // retrying would spin
-                Ok(n) => drop(t.owed.drain(..n)),
+                Ok(n) => {
+                    t.owed.drain(..n);
+                    if t.owed.is_empty() && matches!(t.stage, Stage::Refused) {
+                        // Our FIN, behind the error line: TCP queues it after what it holds.
+                        let _ = t.stream.shutdown(Shutdown::Write); // fails if the peer is gone
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
         }
-        // Our FIN goes only after the error line is written: TCP queues it behind the bytes
-        // the kernel has, not behind those still in `owed`.
-        if let Stage::Refused { fin_sent } = &mut t.stage
-            && !*fin_sent
-        {
-            *fin_sent = true;
-            let _ = t.stream.shutdown(Shutdown::Write); // fails only if the peer is gone
-        }
-        let n = match t.stream.read(buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // The socket ran dry. If a name has begun, the sender is waiting for our `ok`:
-                // the name is complete. Otherwise wait for the next edge.
-                match &mut t.stage {
-                    Stage::Name(name) if !name.is_empty() => {
-                        let name = std::mem::take(name);
-                        decide(t, &name, dir);
-                        continue; // send the reply
-                    }
-                    _ => return Ok(false),
+        let n = match (t.stream.read(buf), &mut t.stage) {
+            (Ok(n), _) => n,
+            // Dry after part of a name: the sender now waits for our reply, so that is the name.
+            (Err(e), Stage::Name(name)) if e.kind() == io::ErrorKind::WouldBlock => {
+                if name.is_empty() {
+                    return Ok(false); // nothing yet: wait for the next edge
                 }
+                let name = std::mem::take(name);
+                decide(t, &name, dir);
+                continue; // send the reply
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            (Err(e), _) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            (Err(e), _) if e.kind() == io::ErrorKind::Interrupted => continue,
+            (Err(e), _) => return Err(e),
         };
         match &mut t.stage {
             Stage::Content { path, bytes, .. } if n == 0 => {
@@ -182,21 +175,14 @@ fn serve(t: &mut Transfer, buf: &mut [u8], dir: &Path) -> io::Result<bool> {
                 file.write_all(&buf[..n])?; // the page cache takes it in microseconds
                 *bytes += n as u64;
             }
-            Stage::Refused { .. } => {} // discard
             Stage::Name(name) => {
                 name.extend_from_slice(&buf[..n]);
-                if let Some(end) = name.iter().position(|&b| b == b'\n') {
-                    // The nc habit: the name ends with `\n`, and content may follow in the same read.
-                    let (name, rest) = (name[..end].to_vec(), name[end + 1..].to_vec());
-                    decide(t, &name, dir);
-                    if let Stage::Content { file, bytes, .. } = &mut t.stage {
-                        file.write_all(&rest)?;
-                        *bytes += rest.len() as u64;
-                    }
-                } else if name.len() > MAX_NAME {
+                if name.len() > MAX_NAME {
                     refuse(t, "name too long");
                 }
             }
+            Stage::Refused => {} // discarded: closing with unread bytes would send a reset,
+                                 // which can destroy our error line before it is read
         }
     }
 }
@@ -204,14 +190,8 @@ fn serve(t: &mut Transfer, buf: &mut [u8], dir: &Path) -> io::Result<bool> {
 /// The name is complete: open the file and owe `ok`, or refuse.
 fn decide(t: &mut Transfer, name: &[u8], dir: &Path) {
     let name = match std::str::from_utf8(name) {
-        Ok(name)
-            if name.len() <= MAX_NAME
-                && !matches!(name, "" | "." | "..")
-                && !name.contains(['/', '\0']) =>
-        {
-            name
-        }
-        _ => return refuse(t, "invalid name"),
+        Ok(name) if !matches!(name, "." | "..") && !name.contains(['/', '\0']) => name,
+        _ => return refuse(t, "invalid name"), // it could leave `dir`, or is not text
     };
     let path = dir.join(name);
     // create_new: never replace a file, never follow a link planted under that name.
@@ -230,29 +210,17 @@ fn decide(t: &mut Transfer, name: &[u8], dir: &Path) {
     }
 }
 
-/// Owe an error line, then our FIN, then read until the sender's FIN. Closing at once, with its
-/// bytes unread, would make our kernel send a reset, which can destroy the line before it is read.
+/// Owe an error line; our FIN follows it (see `serve`), then we read until the sender's FIN.
 fn refuse(t: &mut Transfer, why: &str) {
     println!("conn {} refused: {why}", t.peer);
     t.owed
         .extend_from_slice(format!("error: {why}\n").as_bytes());
-    t.stage = Stage::Refused { fin_sent: false };
-}
-
-/// `PORT` or `:PORT` is every IPv4 interface; none is 127.0.0.1:0 (see 01_echo).
-fn listen_addr(arg: Option<String>) -> Result<SocketAddr, String> {
-    let arg = arg.unwrap_or_else(|| "127.0.0.1:0".into());
-    match arg.strip_prefix(':').unwrap_or(&arg).parse::<u16>() {
-        Ok(port) => Ok(SocketAddr::from(([0, 0, 0, 0], port))),
-        Err(_) => arg
-            .parse()
-            .map_err(|_| format!("{arg:?}: not PORT, :PORT or IP:PORT")),
-    }
+    t.stage = Stage::Refused;
 }
 
 // Where resound does more:
-// * src/service/files.rs: the header as a pure parser with three forms — this bare name, `NAME\n`,
-//   and `<SIZE> <NAME>\n`, whose size tells a complete file from one cut short by an orderly
-//   close (here indistinguishable) —, a silence timer instead of trusting one read, a header
-//   timeout, size limits, every hostile name, and a hash in a final `done` line;
-// * src/storage.rs: content goes to a temporary file, renamed into place only when complete.
+// * src/service/files.rs: the header as a pure parser of three forms — this bare name, `NAME\n`
+//   (the nc habit) and `<SIZE> <NAME>\n`, whose size tells a complete file from one cut short
+//   by an orderly close (here they look the same) —, a silence timer instead of trusting one
+//   dry socket, a header timeout, a size limit, every hostile name, a final `done` line with a
+//   hash; src/storage.rs: content goes to a temporary file, renamed into place when complete.

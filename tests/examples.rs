@@ -474,24 +474,6 @@ fn files_seed_sender_stores_the_file_byte_identical() {
     );
 }
 
-/// The nc habit: `NAME\n` and the content in one write.
-#[test]
-fn files_name_line_and_content_in_one_write() {
-    let dir = TempDir::new("nc");
-    let mut files = Example::start("04_files", &["127.0.0.1:0", dir.0.to_str().unwrap()]);
-    let mut stream = connect(files.addr);
-    stream
-        .write_all(b"notes.txt\nfirst line\nsecond line\n")
-        .unwrap();
-    stream.shutdown(Shutdown::Write).unwrap();
-    let mut reply = Vec::new();
-    stream.read_to_end(&mut reply).unwrap();
-    assert_eq!(reply, b"ok");
-    files.expect_line("notes.txt (23 bytes)");
-    let stored = fs::read(dir.0.join("notes.txt")).unwrap();
-    assert_eq!(stored, b"first line\nsecond line\n");
-}
-
 /// A name with a `/` (or `.`, `..`) is refused with an error line and creates nothing, inside
 /// the directory or out of it; an existing file is never replaced.
 #[test]
