@@ -34,9 +34,9 @@ use slab::Slab;
 /// The listener's token. A connection's token is its slab key, which never gets this high.
 const LISTENER: Token = Token(usize::MAX);
 /// A client is registered for both, once. mio's readiness is edge-triggered: an event says
-/// "this changed", once. So WRITABLE costs nothing while we write freely: it fires only when a
-/// buffer that refused us (WouldBlock) has room again, exactly when we have something owed.
-/// (Level-triggered, as in `poll(2)`, it would fire on every wait while there is room: a spin.)
+/// "this changed", once. So WRITABLE costs no wake-up while we write freely: on its own it comes
+/// only when a send buffer that refused us (WouldBlock) has room again, when something is owed.
+/// (Level-triggered, as `poll(2)` is, it would fire on every wait while there is room: a spin.)
 const READ_WRITE: Interest = Interest::READABLE.add(Interest::WRITABLE);
 
 /// Echo owed to one client before we stop reading it. Go has this bound for free (a goroutine

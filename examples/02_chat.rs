@@ -32,7 +32,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 const LISTENER: Token = Token(usize::MAX);
-/// Registered once, both ways: edge-triggered WRITABLE fires only after a refused write.
+/// Registered once, both ways: edge-triggered WRITABLE wakes us only after a refused write.
 const READ_WRITE: Interest = Interest::READABLE.add(Interest::WRITABLE);
 /// The longest line (the start of a line is kept until its `\n` arrives).
 const MAX_LINE: usize = 64 * 1024;

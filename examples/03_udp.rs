@@ -49,10 +49,11 @@ fn main() -> io::Result<()> {
         },
         _ => usage(),
     };
-    if let Err(e) = &result {
-        eprintln!("03_udp: {e}"); // EACCES without SO_BROADCAST, for one
+    if let Err(e) = result {
+        eprintln!("03_udp: {e}"); // "Permission denied" without SO_BROADCAST, for one
+        std::process::exit(1);
     }
-    result
+    Ok(())
 }
 
 /// The echo server: every datagram back to where it came from.

@@ -30,7 +30,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 const LISTENER: Token = Token(usize::MAX);
-/// Registered once, both ways: edge-triggered WRITABLE fires only after a refused write.
+/// Registered once, both ways: edge-triggered WRITABLE wakes us only after a refused write.
 const READ_WRITE: Interest = Interest::READABLE.add(Interest::WRITABLE);
 /// The longest name most file systems take, in bytes; also what we buffer before a decision.
 const MAX_NAME: usize = 255;
@@ -181,8 +181,9 @@ fn serve(t: &mut Transfer, buf: &mut [u8], dir: &Path) -> io::Result<bool> {
                     refuse(t, "name too long");
                 }
             }
-            Stage::Refused => {} // discarded: closing with unread bytes would send a reset,
-                                 // which can destroy our error line before it is read
+            // Discarded. Closing now, with bytes unread, would make our kernel send a reset,
+            // which can destroy the error line before the sender reads it.
+            Stage::Refused => {}
         }
     }
 }

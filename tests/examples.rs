@@ -110,12 +110,14 @@ impl Example {
             }
         });
         let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
+        let pipe = BufReader::new(child.stderr.take().unwrap());
         let sink = Arc::clone(&stderr);
         thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            sink.lock().unwrap().push_str(&text);
+            for line in pipe.lines().map_while(Result::ok) {
+                let mut text = sink.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
         });
         let mut example = Example {
             name: name.into(),
@@ -165,7 +167,6 @@ impl Example {
 
     /// A failure message: what went wrong, then all the example printed.
     fn report(&self, why: &str) -> String {
-        // Give the stderr reader a moment to catch up only if the process is gone.
         format!(
             "{}: {why}\n--- stdout ---\n{}\n--- stderr ---\n{}",
             self.name,
