@@ -2,7 +2,8 @@
 //! real command line, and every long flag of `serve`, `send` and `bench` is in a README table.
 //!
 //! What counts as a command, so that a writer knows what is checked:
-//! * only fenced code blocks are read (```` ``` ```` or `~~~`, indented or not);
+//! * fenced code blocks are read (```` ``` ```` or `~~~`, indented or not), and the inline code
+//!   of table rows (the Go -> resound tables); prose is not;
 //! * in a block tagged `sh`, `bash`, `shell`, `console` or `zsh`, every line is a command line —
 //!   unless some line of the block starts with `$ `: then the block shows a session, and only the
 //!   `$ ` lines are commands (the others are their output);
@@ -16,6 +17,10 @@
 //!   target (`--example`, `--bin`, `-p`);
 //! * a word with a shell expansion (`"$(pgrep -n resound)"`, `$PORT`) is a value the reader's
 //!   shell computes; it is replaced by `1`, which every value parser of ours accepts.
+//!
+//! * in a table row, inline code is a command only if it gives the subcommand an argument
+//!   (`` `resound serve --udp 7000` ``); `` `resound send` `` alone names the command, and is not
+//!   checked.
 //!
 //! `--help` and `--version` count as parsing.
 
@@ -67,7 +72,30 @@ fn commands_in(name: &str, text: &str) -> Vec<Found> {
                 found.extend(commands_in_block(name, &tag, &lines));
             }
             (Some((_, lines)), false) => lines.push((i + 1, line)),
+            (None, false) if trimmed.starts_with('|') => {
+                found.extend(commands_in_table_row(&format!("{name}:{}", i + 1), line));
+            }
             (None, false) => {}
+        }
+    }
+    found
+}
+
+/// The commands in the inline code of one table row.
+fn commands_in_table_row(place: &str, row: &str) -> Vec<Found> {
+    // Between the 1st and 2nd backtick, the 3rd and 4th, ...
+    let spans = row.split('`').skip(1).step_by(2);
+    let mut found = Vec::new();
+    for span in spans {
+        for words in simple_commands(span) {
+            match resound_argv(&words) {
+                Some(argv) if argv.len() > 2 => found.push(Found {
+                    place: place.to_string(),
+                    text: span.to_string(),
+                    argv,
+                }),
+                _ => {}
+            }
         }
     }
     found
@@ -433,6 +461,10 @@ $ resound send notes.txt
 $ resound serve --files :0
 listening files tcp 0.0.0.0:40000
 ```
+
+| Go | resound |
+| --- | --- |
+| `net.Listen` | `resound serve --echo 7000` or `cargo run -- serve --udp :7000`, not `resound send` |
 ";
     let found: Vec<String> = commands_in("doc.md", doc)
         .iter()
@@ -448,6 +480,8 @@ listening files tcp 0.0.0.0:40000
             "doc.md:9 resound serve --echo 1",
             "doc.md:15 resound send notes.txt",
             "doc.md:19 resound serve --files :0",
+            "doc.md:25 resound serve --echo 7000",
+            "doc.md:25 resound serve --udp :7000",
         ]
     );
     assert!(mentions("| `--max-line BYTES` |", "--max-line"));
