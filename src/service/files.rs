@@ -272,7 +272,8 @@ pub struct Limits {
     pub max_file_size: u64,
     /// The whole header must arrive within this time of the connect (`--header-timeout`).
     pub header_timeout: Duration,
-    /// A transfer with no byte for this long is abandoned (`--transfer-timeout`).
+    /// A transfer with no byte for this long is abandoned (`--transfer-timeout`), counted from
+    /// the `ok` and then from each byte: the wait for the `ok` is the header's business.
     pub transfer_timeout: Duration,
     /// The hash in the `done` line (`--hash`).
     pub hash: digest::Algorithm,
