@@ -102,7 +102,7 @@ impl fmt::Display for NameError {
             NameError::Nul => "invalid name: contains a NUL byte",
             NameError::Control => "invalid name: contains control characters",
             NameError::Bidi => "invalid name: contains bidirectional text controls",
-            NameError::Blank => "invalid name: only whitespace",
+            NameError::Blank => "invalid name: only whitespace or invisible characters",
             NameError::TooLong => "invalid name: longer than 255 bytes",
             NameError::NotUtf8 => "invalid name: not UTF-8",
             NameError::Reserved => "invalid name: names starting with .resound- are reserved",
@@ -155,7 +155,10 @@ pub fn validate_name(raw: &[u8]) -> Result<&str, NameError> {
 /// embeddings and overrides LRE..RLO (U+202A-U+202E), the isolates LRI..PDI (U+2066-U+2069).
 /// Each reorders what a terminal or a file manager shows.
 fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
 }
 
 /// Whitespace (Unicode White_Space: spaces, no-break spaces, the typographic spaces) or a
