@@ -25,7 +25,8 @@
 //!   transfer state machine.
 //! * `budget.rs`: `--max-memory`, one budget over what every client pins.
 //! * `room.rs`: the broadcast room — membership, fan-out, output limits, the drain guarantee.
-//! * `storage.rs`: the receiving directory: temporaries, no-replace renames, cleanup.
+//! * `storage.rs`: the receiving directory: nameless temporaries, no-replace links, never
+//!   leaving `--dir`.
 //! * [`digest`]: the two hash algorithms and the `done <BYTES> <ALG>:<HEX>` line, shared by the
 //!   files service and `resound send`.
 //! * `udp.rs`: the UDP socket: no connections, no queue, drops instead of blocking.

@@ -37,10 +37,18 @@ impl Dir {
         names
     }
 
-    /// Transfers in progress or left behind.
+    /// Temporaries in progress or left behind that have a name (unnamed `O_TMPFILE` ones
+    /// cannot be left behind): the server's own `.resound-` names.
     fn partials(&self) -> usize {
-        fs::read_dir(self.0.join(".resound-partial"))
+        fs::read_dir(&self.0)
             .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .as_encoded_bytes()
+                    .starts_with(b".resound-")
+            })
             .count()
     }
 }

@@ -282,7 +282,9 @@ proptest! {
 // --- file headers ---
 
 fn name() -> impl Strategy<Value = String> {
-    "[a-zA-Z0-9 ._-]{1,40}".prop_filter("not a dot name", |n| n != "." && n != "..")
+    "[a-zA-Z0-9 ._-]{1,40}".prop_filter("a valid name", |n| {
+        n != "." && n != ".." && !n.trim().is_empty() && !n.starts_with(".resound-")
+    })
 }
 
 proptest! {

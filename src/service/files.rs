@@ -47,7 +47,7 @@ use log::info;
 use super::{Action, Cx, OnStop, Service, Shared};
 use crate::digest::{self, Done, Hasher};
 use crate::lifecycle::CloseReason;
-use crate::storage::{PARTIAL_DIR, Store, Upload};
+use crate::storage::{RESERVED_PREFIX, Store, Upload};
 
 /// The longest file name accepted (the common filesystem limit, in bytes).
 pub const MAX_NAME: usize = 255;
@@ -81,9 +81,15 @@ pub enum NameError {
     Dots,
     Separator,
     Nul,
+    /// C0 controls, DEL, C1 controls: escape sequences for someone's terminal.
     Control,
+    /// Bidirectional text controls: `invoice\u{202E}txt.exe` shows as `invoiceexe.txt`.
+    Bidi,
+    /// Nothing but whitespace (or invisible characters): a name no one can see or type.
+    Blank,
     TooLong,
     NotUtf8,
+    /// `.resound-*`: the server's own names (its temporaries, the old partial directory).
     Reserved,
 }
 
@@ -95,15 +101,18 @@ impl fmt::Display for NameError {
             NameError::Separator => "invalid name: must be a base name, without '/' or '\\'",
             NameError::Nul => "invalid name: contains a NUL byte",
             NameError::Control => "invalid name: contains control characters",
+            NameError::Bidi => "invalid name: contains bidirectional text controls",
+            NameError::Blank => "invalid name: only whitespace or invisible characters",
             NameError::TooLong => "invalid name: longer than 255 bytes",
             NameError::NotUtf8 => "invalid name: not UTF-8",
-            NameError::Reserved => "invalid name: reserved",
+            NameError::Reserved => "invalid name: names starting with .resound- are reserved",
         })
     }
 }
 
 /// Accept only a plain base name: nothing that could leave the directory, hide a NUL from C,
-/// or smuggle escape sequences into someone's terminal.
+/// smuggle escape sequences into someone's terminal, or show a reader something other than
+/// what it is.
 pub fn validate_name(raw: &[u8]) -> Result<&str, NameError> {
     if raw.is_empty() {
         return Err(NameError::Empty);
@@ -120,14 +129,42 @@ pub fn validate_name(raw: &[u8]) -> Result<&str, NameError> {
     if raw.contains(&0) {
         return Err(NameError::Nul);
     }
+    // C0 controls and DEL are single bytes; C1 controls (U+0080-U+009F) are characters,
+    // checked once the bytes are known to be UTF-8. (A raw byte 0x9B, the 8-bit CSI, is not
+    // UTF-8 at all.)
     if raw.iter().any(|&b| b < 0x20 || b == 0x7f) {
         return Err(NameError::Control);
     }
     let name = std::str::from_utf8(raw).map_err(|_| NameError::NotUtf8)?;
-    if name == PARTIAL_DIR {
+    if name.chars().any(|c| c.is_control()) {
+        return Err(NameError::Control);
+    }
+    if name.chars().any(is_bidi_control) {
+        return Err(NameError::Bidi);
+    }
+    if name.chars().all(is_blank) {
+        return Err(NameError::Blank);
+    }
+    if name.starts_with(RESERVED_PREFIX) {
         return Err(NameError::Reserved);
     }
     Ok(name)
+}
+
+/// Unicode's Bidi_Control characters: ALM (U+061C), LRM and RLM (U+200E, U+200F), the
+/// embeddings and overrides LRE..RLO (U+202A-U+202E), the isolates LRI..PDI (U+2066-U+2069).
+/// Each reorders what a terminal or a file manager shows.
+fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
+/// Whitespace (Unicode White_Space: spaces, no-break spaces, the typographic spaces) or a
+/// character that shows nothing (zero-width space and joiners, word joiner, BOM).
+fn is_blank(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}')
 }
 
 /// Why a header is refused.
@@ -238,7 +275,8 @@ pub struct Limits {
     pub max_file_size: u64,
     /// The whole header must arrive within this time of the connect (`--header-timeout`).
     pub header_timeout: Duration,
-    /// A transfer with no byte for this long is abandoned (`--transfer-timeout`).
+    /// A transfer with no byte for this long is abandoned (`--transfer-timeout`), counted from
+    /// the `ok` and then from each byte: the wait for the `ok` is the header's business.
     pub transfer_timeout: Duration,
     /// The hash in the `done` line (`--hash`).
     pub hash: digest::Algorithm,
@@ -264,7 +302,9 @@ pub enum Outcome {
 pub struct Transfer {
     stage: Stage,
     started: Instant,
-    /// When the last byte arrived (for the seed-form silence and the transfer timeout).
+    /// When the last byte arrived — or, once receiving, the `ok` was decided, if that is
+    /// later: the seed-form silence counts from it, and so does the transfer timeout, which
+    /// must not count the time a seed-form name waited for its `ok`.
     last_input: Instant,
 }
 
@@ -326,7 +366,7 @@ impl Transfer {
                         if size > limits.max_file_size {
                             return self.refuse(too_large(limits));
                         }
-                        if let Err(reason) = self.begin(name, Some(size), store, limits) {
+                        if let Err(reason) = self.begin(name, Some(size), now, store, limits) {
                             return self.refuse(reason);
                         }
                         // A sender that did not wait for "ok" sent content already.
@@ -338,7 +378,7 @@ impl Transfer {
                     Header::NameLine { name, len } => {
                         // No size: like the bare name, the content runs until EOF, and the
                         // size limit is enforced as it arrives.
-                        if let Err(reason) = self.begin(name, None, store, limits) {
+                        if let Err(reason) = self.begin(name, None, now, store, limits) {
                             return self.refuse(reason);
                         }
                         match self.receive(&buf[len..], limits) {
@@ -395,7 +435,7 @@ impl Transfer {
                 let silent = now >= self.last_input + seed_silence(buf)
                     || (expired && now >= self.last_input + SEED_SILENCE);
                 if !buf.is_empty() && silent {
-                    return self.begin_seed(store, limits);
+                    return self.begin_seed(now, store, limits);
                 }
                 if expired {
                     return self.refuse("header timeout".into());
@@ -426,7 +466,7 @@ impl Transfer {
     }
 
     /// The seed form: the whole header buffer is the name.
-    fn begin_seed(&mut self, store: &mut Store, limits: &Limits) -> Outcome {
+    fn begin_seed(&mut self, now: Instant, store: &mut Store, limits: &Limits) -> Outcome {
         let Stage::Header(buf) = std::mem::replace(&mut self.stage, Stage::Over) else {
             return Outcome::Continue;
         };
@@ -434,20 +474,24 @@ impl Transfer {
             Ok(name) => name,
             Err(e) => return self.refuse(e.to_string()),
         };
-        match self.begin(name, None, store, limits) {
+        match self.begin(name, None, now, store, limits) {
             Ok(()) => Outcome::Reply(OK),
             Err(reason) => self.refuse(reason),
         }
     }
 
+    /// Create the temporary — before the `ok`, so that a directory that cannot take the file
+    /// is said in the reply — and start receiving. The transfer timeout counts from `now`.
     fn begin(
         &mut self,
         name: &str,
         declared: Option<u64>,
+        now: Instant,
         store: &mut Store,
         limits: &Limits,
     ) -> Result<(), String> {
         let upload = store.begin(name).map_err(|e| e.to_string())?;
+        self.last_input = now;
         self.stage = Stage::Receiving(Receiving {
             upload,
             name: name.to_string(),
@@ -474,7 +518,7 @@ impl Transfer {
             return self.refuse(too_large(limits));
         }
         if let Err(e) = r.upload.write(data) {
-            return self.refuse(format!("cannot store file: {e}"));
+            return self.refuse(e.to_string());
         }
         r.hasher.update(data);
         r.received = received;
@@ -573,7 +617,8 @@ fn too_large(limits: &Limits) -> String {
 mod tests {
     use super::*;
     use crate::digest::Algorithm;
-    use crate::storage::tests::TempDir;
+    use crate::storage::Temporaries;
+    use crate::storage::tests::{TempDir, names_in};
     use std::fs;
 
     const LIMITS: Limits = Limits {
@@ -602,13 +647,73 @@ mod tests {
             (b"esc\x1b[2J", NameError::Control),
             (b"tab\there", NameError::Control),
             (b"del\x7f", NameError::Control),
+            (b"\x7f", NameError::Control),
+            // C1 controls, as UTF-8: U+0080, U+0085 (NEL), U+009B (CSI: `csi\u{9b}2J` clears a
+            // terminal), U+009F.
+            (b"a\xc2\x80", NameError::Control),
+            (b"nel\xc2\x85", NameError::Control),
+            (b"csi\xc2\x9b2J", NameError::Control),
+            (b"\xc2\x9f", NameError::Control),
+            // The same as raw bytes are not UTF-8.
+            (b"csi\x9b2J", NameError::NotUtf8),
             (b"\xff\xfe", NameError::NotUtf8),
             (b".resound-partial", NameError::Reserved),
+            (b".resound-tmp-1-0123456789abcdef", NameError::Reserved),
+            (b".resound-", NameError::Reserved),
         ];
         for (raw, want) in cases {
             assert_eq!(validate_name(raw), Err(*want), "{raw:?}");
         }
         assert_eq!(validate_name(&[b'a'; 256]), Err(NameError::TooLong));
+    }
+
+    #[test]
+    fn test_bidi_controls_are_refused_wherever_they_are() {
+        let controls = [
+            '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}',
+            '\u{202E}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+        ];
+        for c in controls {
+            for name in [
+                format!("invoice{c}txt.exe"),
+                format!("{c}a"),
+                format!("a{c}"),
+            ] {
+                assert_eq!(
+                    validate_name(name.as_bytes()),
+                    Err(NameError::Bidi),
+                    "U+{:04X} in {name:?}",
+                    c as u32
+                );
+            }
+        }
+        // The neighbours of the ranges are ordinary characters.
+        for c in ['\u{200D}', '\u{2029}', '\u{202F}', '\u{2065}', '\u{206A}'] {
+            let name = format!("a{c}b");
+            assert!(validate_name(name.as_bytes()).is_ok(), "U+{:04X}", c as u32);
+        }
+    }
+
+    #[test]
+    fn test_names_of_only_whitespace_are_refused() {
+        for name in [
+            " ",
+            "   ",
+            "\u{00A0}",          // no-break space
+            " \u{2003}\u{3000}", // em space, ideographic space
+            "\u{200B}",          // zero-width space
+            "\u{FEFF}\u{2060}",  // BOM, word joiner
+        ] {
+            assert_eq!(
+                validate_name(name.as_bytes()),
+                Err(NameError::Blank),
+                "{name:?}"
+            );
+        }
+        // Whitespace in or around a visible name is fine.
+        for name in [" a", "a ", "two words", "a\u{00A0}b"] {
+            assert_eq!(validate_name(name.as_bytes()), Ok(name));
+        }
     }
 
     #[test]
@@ -620,6 +725,9 @@ mod tests {
             "with space",
             "...",
             "ünïcödé.txt",
+            "日本語.txt",
+            "עברית.txt", // right-to-left letters are text, not controls
+            ".resound",  // only the `.resound-` prefix is reserved
         ] {
             assert_eq!(validate_name(name.as_bytes()), Ok(name));
         }
@@ -759,9 +867,12 @@ mod tests {
 
     // --- transfers ---
 
+    /// A store in a fresh directory, and the fake clock's zero. Named temporaries (the
+    /// fallback), because they are visible: "leaves nothing" then means something. The
+    /// storage tests run both kinds.
     fn setup(tag: &str) -> (TempDir, Store, Instant) {
         let dir = TempDir::new(tag);
-        let store = Store::open(&dir.0).unwrap();
+        let store = Store::open_with(&dir.0, Temporaries::Named).unwrap();
         (dir, store, Instant::now())
     }
 
@@ -957,10 +1068,7 @@ mod tests {
             t.on_input(&first, t0, &mut store, &LIMITS),
             Outcome::Refuse(_)
         ));
-        assert!(dir.0.read_dir().unwrap().all(|e| {
-            let e = e.unwrap();
-            e.file_name() == PARTIAL_DIR
-        }));
+        assert!(names_in(&dir.0).is_empty());
     }
 
     #[test]
@@ -997,8 +1105,7 @@ mod tests {
             t.on_eof(),
             Outcome::Refuse("short transfer: 5 of 10 bytes".into())
         );
-        assert!(!dir.0.join("short.bin").exists());
-        assert_eq!(fs::read_dir(dir.0.join(PARTIAL_DIR)).unwrap().count(), 0);
+        assert!(names_in(&dir.0).is_empty());
     }
 
     #[test]
@@ -1064,8 +1171,86 @@ mod tests {
             t.on_timer(t0 + LIMITS.transfer_timeout, &mut store, &LIMITS),
             Outcome::Refuse("transfer timeout".into())
         );
-        assert_eq!(fs::read_dir(dir.0.join(PARTIAL_DIR)).unwrap().count(), 0);
-        assert!(!dir.0.join("stall").exists());
+        assert!(names_in(&dir.0).is_empty());
+    }
+
+    /// Issue 15: with `--header-timeout 2 --transfer-timeout 2`, a seed name that waited a
+    /// second for its `ok` was timed out a second after it. The silence before `ok` is the
+    /// header's; the transfer's own counts from `ok`.
+    #[test]
+    fn test_transfer_timeout_counts_from_ok_for_a_seed_name() {
+        let limits = Limits {
+            header_timeout: Duration::from_secs(2),
+            transfer_timeout: Duration::from_secs(2),
+            ..LIMITS
+        };
+        // (name, when its `ok` comes): the 1 s rule, the 100 ms rule, the header timeout.
+        let short_header = Limits {
+            header_timeout: Duration::from_millis(500),
+            ..limits
+        };
+        for (name, limits, ok_after) in [
+            (&b"2024 notes"[..], limits, MAYBE_FRAMED_SILENCE),
+            (b"photo.jpg", limits, SEED_SILENCE),
+            (b"123", short_header, short_header.header_timeout),
+        ] {
+            let (_dir, mut store, t0) = setup("xfer-timeout-from-ok");
+            let mut t = Transfer::new(t0);
+            t.on_input(name, t0, &mut store, &limits);
+            let ok_at = t0 + ok_after;
+            assert_eq!(t.on_timer(ok_at, &mut store, &limits), Outcome::Reply(OK));
+            let expiry = ok_at + limits.transfer_timeout;
+            assert_eq!(t.deadline(&limits), Some(expiry), "{name:?}");
+            assert_eq!(
+                t.on_timer(expiry - Duration::from_millis(1), &mut store, &limits),
+                Outcome::Continue,
+                "{name:?}"
+            );
+            assert_eq!(
+                t.on_timer(expiry, &mut store, &limits),
+                Outcome::Refuse("transfer timeout".into())
+            );
+        }
+    }
+
+    /// Content resets the transfer's clock; silence after it is counted from the last byte.
+    #[test]
+    fn test_transfer_timeout_counts_from_the_last_byte_once_receiving() {
+        let (_dir, mut store, t0) = setup("xfer-timeout-last-byte");
+        let mut t = Transfer::new(t0);
+        t.on_input(b"100 f\n", t0, &mut store, &LIMITS);
+        let later = t0 + Duration::from_secs(50);
+        t.on_input(b"abc", later, &mut store, &LIMITS);
+        assert_eq!(t.deadline(&LIMITS), Some(later + LIMITS.transfer_timeout));
+    }
+
+    /// A directory that cannot take the file is found before `ok`, in every header form, and
+    /// the reason names the directory.
+    #[test]
+    fn test_storage_fault_is_refused_before_ok_naming_the_path() {
+        let (dir, mut store, t0) = setup("xfer-fault");
+        fs::remove_dir_all(&dir.0).unwrap();
+        let removed = format!(
+            "cannot store file: {}: the directory was removed while the server was running",
+            dir.0.display()
+        );
+        let mut framed = Transfer::new(t0);
+        assert_eq!(
+            framed.on_input(b"5 a.txt\nhello", t0, &mut store, &LIMITS),
+            Outcome::Refuse(removed.clone())
+        );
+        let mut line = Transfer::new(t0);
+        assert_eq!(
+            line.on_input(b"a.txt\n", t0, &mut store, &LIMITS),
+            Outcome::Refuse(removed.clone())
+        );
+        let mut seed = Transfer::new(t0);
+        seed.on_input(b"a.txt", t0, &mut store, &LIMITS);
+        assert_eq!(
+            seed.on_timer(t0 + SEED_SILENCE, &mut store, &LIMITS),
+            Outcome::Refuse(removed)
+        );
+        assert!(!dir.0.exists(), "never created again by the server");
     }
 
     #[test]
