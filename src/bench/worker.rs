@@ -340,14 +340,21 @@ impl Link {
         }
     }
 
-    /// Every [`INTERVAL`] once the load has started: the last second's progress; then start
-    /// counting the next one.
+    /// Every [`INTERVAL`] once the load has started: the last second's progress.
     #[inline]
     fn tell_progress(&mut self, cx: &mut Cx) {
-        let Some(at) = self.next_report.filter(|&at| cx.now >= at) else {
-            return;
-        };
-        self.next_report = Some(at + INTERVAL);
+        if let Some(at) = self.next_report
+            && cx.now >= at
+        {
+            self.next_report = Some(at + INTERVAL);
+            self.send_interval(cx);
+        }
+    }
+
+    /// Send what was counted since the last report, and start counting the next second. Once a
+    /// second, so kept out of line: the check above stays small enough to inline in every turn.
+    #[inline(never)]
+    fn send_interval(&self, cx: &mut Cx) {
         let latency = Box::new(cx.tally.interval_latency.clone());
         cx.tally.interval_latency.reset();
         let ops = std::mem::take(&mut cx.tally.interval_ops);
