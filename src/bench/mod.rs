@@ -542,63 +542,50 @@ impl Coordinator<'_> {
         before: procstat::Snapshot,
     ) -> io::Result<Measured> {
         let plan = self.plan;
-        let threads = self.workers.len();
         let timeline = Timeline::new(Instant::now(), plan.warmup, plan.duration, plan.drain);
         self.tell(&|| Command::Start(timeline));
-        let mut at_start = (plan.mode == Mode::Idle).then_some(before);
-        let mut at_end = None;
-        let mut next_tick = timeline.start + worker::INTERVAL + Duration::from_millis(50);
-        let mut last_tick = timeline.start;
-        let mut interval_ops = 0;
-        let mut interval_latency = Latency::new();
-        let mut errors_by_worker = vec![tally::Errors::default(); threads];
-        let mut series = Vec::new();
+        let mut edges = WindowEdges::new(plan, timeline, before);
+        let mut progress = Progress::new(timeline, self.workers.len(), unsynced);
+        let results = self.collect(&mut edges, &mut progress)?;
+        let (at_start, at_end) = edges.finish();
+
+        let window_s = timeline.window_secs();
+        // Idle's figures cover the whole hold, connections opening included.
+        let secs = if plan.mode == Mode::Idle {
+            (timeline.measure_until - setup_start).as_secs_f64()
+        } else {
+            window_s
+        };
+        let usage = procstat::usage(&at_start, &at_end, secs, crate::procfs::ticks_per_sec());
+        Ok(Measured {
+            tally: totals(plan, shared, &results, unsynced),
+            open: results.iter().map(|r| r.open).sum(),
+            window_s,
+            setup_s,
+            before,
+            end: at_end,
+            usage,
+            series: progress.series,
+            started: SystemTime::now(),
+            server_children: plan.pid.and_then(crate::procfs::child_count),
+        })
+    }
+
+    /// Until every worker has sent its result: sample `/proc` at the edges of the window, close
+    /// each second of progress, and take in the workers' messages. The results, by worker.
+    fn collect(
+        &self,
+        edges: &mut WindowEdges,
+        progress: &mut Progress,
+    ) -> io::Result<Vec<WorkerResult>> {
+        let threads = self.workers.len();
         let mut results: Vec<Option<WorkerResult>> = (0..threads).map(|_| None).collect();
         let mut done = 0;
         while done < threads {
             let now = Instant::now();
-            if at_start.is_none() && now >= timeline.measure_from {
-                at_start = Some(procstat::snapshot(plan.pid, plan.cpu));
-            }
-            if at_end.is_none() && now >= timeline.measure_until {
-                at_end = Some(procstat::snapshot(plan.pid, plan.cpu));
-            }
-            if now >= next_tick {
-                let errors = errors_by_worker.iter().map(|e| e.total()).sum::<u64>() + unsynced;
-                let secs = now.duration_since(last_tick).as_secs_f64();
-                let sample = Interval {
-                    t_s: now.duration_since(timeline.start).as_secs_f64(),
-                    ops: interval_ops,
-                    per_sec: interval_ops as f64 / secs,
-                    latency: interval_latency.percentiles(),
-                    errors,
-                };
-                if !plan.quiet {
-                    let p99 = (sample.latency.count > 0).then_some(sample.latency.p99);
-                    eprintln!(
-                        "{}",
-                        report::progress_line(
-                            now.duration_since(timeline.start),
-                            sample.per_sec,
-                            plan.mode.op_name(),
-                            p99,
-                            errors
-                        )
-                    );
-                }
-                series.push(sample);
-                interval_ops = 0;
-                interval_latency.reset();
-                last_tick = now;
-                next_tick += worker::INTERVAL;
-            }
-            let mut wake = next_tick;
-            if at_start.is_none() {
-                wake = wake.min(timeline.measure_from);
-            }
-            if at_end.is_none() {
-                wake = wake.min(timeline.measure_until);
-            }
+            edges.sample_due(now);
+            progress.tick(now, self.plan);
+            let wake = edges.due_by(progress.next_tick);
             match self
                 .messages
                 .recv_timeout(wake.saturating_duration_since(now))
@@ -608,11 +595,7 @@ impl Coordinator<'_> {
                     ops,
                     latency,
                     errors,
-                }) => {
-                    interval_ops += ops;
-                    interval_latency.merge(&latency);
-                    errors_by_worker[worker] = errors;
-                }
+                }) => progress.add(worker, ops, &latency, errors),
                 Ok(Message::Done { worker, result }) => {
                     results[worker] = Some(*result);
                     done += 1;
@@ -625,41 +608,154 @@ impl Coordinator<'_> {
                 }
             }
         }
-        let at_end = at_end.unwrap_or_else(|| procstat::snapshot(plan.pid, plan.cpu));
-        let at_start = at_start.unwrap_or(at_end);
-
-        // Totals.
-        let results: Vec<WorkerResult> = results.into_iter().flatten().collect();
-        let mut tally = Tally::default();
-        for r in &results {
-            tally.merge(&r.tally);
-        }
-        tally.errors.unsynced += unsynced;
-        if plan.mode == Mode::Broadcast {
-            tally.errors.lost += broadcast::undelivered(shared, &results);
-        }
-        let open: u64 = results.iter().map(|r| r.open).sum();
-        let window_s = timeline.window_secs();
-        // Idle's figures cover the whole hold, connections opening included.
-        let secs = if plan.mode == Mode::Idle {
-            (timeline.measure_until - setup_start).as_secs_f64()
-        } else {
-            window_s
-        };
-        let usage = procstat::usage(&at_start, &at_end, secs, crate::procfs::ticks_per_sec());
-        Ok(Measured {
-            tally,
-            open,
-            window_s,
-            setup_s,
-            before,
-            end: at_end,
-            usage,
-            series,
-            started: SystemTime::now(),
-            server_children: plan.pid.and_then(crate::procfs::child_count),
-        })
+        Ok(results.into_iter().flatten().collect())
     }
+}
+
+/// The `/proc` snapshots at the edges of the measured window, each taken when the edge passes.
+struct WindowEdges {
+    timeline: Timeline,
+    pid: Option<u32>,
+    cpu: Option<usize>,
+    at_start: Option<procstat::Snapshot>,
+    at_end: Option<procstat::Snapshot>,
+}
+
+impl WindowEdges {
+    /// Idle's window starts with the first connection, so its start is the snapshot `before`.
+    fn new(plan: &Plan, timeline: Timeline, before: procstat::Snapshot) -> WindowEdges {
+        WindowEdges {
+            timeline,
+            pid: plan.pid,
+            cpu: plan.cpu,
+            at_start: (plan.mode == Mode::Idle).then_some(before),
+            at_end: None,
+        }
+    }
+
+    /// Take the snapshot of each edge that `now` has passed and that has none yet.
+    fn sample_due(&mut self, now: Instant) {
+        if self.at_start.is_none() && now >= self.timeline.measure_from {
+            self.at_start = Some(procstat::snapshot(self.pid, self.cpu));
+        }
+        if self.at_end.is_none() && now >= self.timeline.measure_until {
+            self.at_end = Some(procstat::snapshot(self.pid, self.cpu));
+        }
+    }
+
+    /// The earlier of `wake` and the next edge still to be sampled.
+    fn due_by(&self, mut wake: Instant) -> Instant {
+        if self.at_start.is_none() {
+            wake = wake.min(self.timeline.measure_from);
+        }
+        if self.at_end.is_none() {
+            wake = wake.min(self.timeline.measure_until);
+        }
+        wake
+    }
+
+    /// The snapshots at the start and the end. An end never reached is sampled now; a start
+    /// never reached is the end (an empty window).
+    fn finish(self) -> (procstat::Snapshot, procstat::Snapshot) {
+        let at_end = self
+            .at_end
+            .unwrap_or_else(|| procstat::snapshot(self.pid, self.cpu));
+        let at_start = self.at_start.unwrap_or(at_end);
+        (at_start, at_end)
+    }
+}
+
+/// The per-second series as it is built: what the workers have reported since the last tick,
+/// and the seconds closed so far.
+struct Progress {
+    /// When the load started (the progress line's clock).
+    start: Instant,
+    /// The next second is closed at this instant; a little after the workers' own second, so
+    /// that their reports are in.
+    next_tick: Instant,
+    /// When the second being counted began.
+    last_tick: Instant,
+    /// Operations completed in it, over every worker, and their latencies (empty unless
+    /// [`Plan::per_second_latency`]).
+    ops: u64,
+    latency: Latency,
+    /// Each worker's errors so far (they are cumulative).
+    errors_by_worker: Vec<tally::Errors>,
+    /// Broadcast receivers that never synced: errors from the start.
+    unsynced: u64,
+    /// The seconds closed so far.
+    series: Vec<Interval>,
+}
+
+impl Progress {
+    fn new(timeline: Timeline, threads: usize, unsynced: u64) -> Progress {
+        Progress {
+            start: timeline.start,
+            next_tick: timeline.start + worker::INTERVAL + Duration::from_millis(50),
+            last_tick: timeline.start,
+            ops: 0,
+            latency: Latency::new(),
+            errors_by_worker: vec![tally::Errors::default(); threads],
+            unsynced,
+            series: Vec::new(),
+        }
+    }
+
+    /// A worker's [`Message::Interval`].
+    fn add(&mut self, worker: usize, ops: u64, latency: &Latency, errors: tally::Errors) {
+        self.ops += ops;
+        self.latency.merge(latency);
+        self.errors_by_worker[worker] = errors;
+    }
+
+    /// If the tick is due: close the second (a progress line on stderr unless `--quiet`, an
+    /// entry in the series) and start the next.
+    fn tick(&mut self, now: Instant, plan: &Plan) {
+        if now < self.next_tick {
+            return;
+        }
+        let errors = self.errors_by_worker.iter().map(|e| e.total()).sum::<u64>() + self.unsynced;
+        let secs = now.duration_since(self.last_tick).as_secs_f64();
+        let sample = Interval {
+            t_s: now.duration_since(self.start).as_secs_f64(),
+            ops: self.ops,
+            per_sec: self.ops as f64 / secs,
+            latency: self.latency.percentiles(),
+            errors,
+        };
+        if !plan.quiet {
+            let p99 = (sample.latency.count > 0).then_some(sample.latency.p99);
+            eprintln!(
+                "{}",
+                report::progress_line(
+                    now.duration_since(self.start),
+                    sample.per_sec,
+                    plan.mode.op_name(),
+                    p99,
+                    errors
+                )
+            );
+        }
+        self.series.push(sample);
+        self.ops = 0;
+        self.latency.reset();
+        self.last_tick = now;
+        self.next_tick += worker::INTERVAL;
+    }
+}
+
+/// Every worker's counts merged, with the errors only the coordinator can count: receivers
+/// that never synced, and broadcast lines that never arrived anywhere.
+fn totals(plan: &Plan, shared: &Shared, results: &[WorkerResult], unsynced: u64) -> Tally {
+    let mut tally = Tally::default();
+    for r in results {
+        tally.merge(&r.tally);
+    }
+    tally.errors.unsynced += unsynced;
+    if plan.mode == Mode::Broadcast {
+        tally.errors.lost += broadcast::undelivered(shared, results);
+    }
+    tally
 }
 
 /// A worker could not run (no poller, no socket...): the run is abandoned.

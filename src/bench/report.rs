@@ -279,9 +279,30 @@ impl Report {
         }
     }
 
-    /// The human summary (several lines, each ending in a newline).
+    /// The human summary (several lines, each ending in a newline), in the order a reader asks:
+    /// what ran, how fast, what was sent, how long it took, what failed, what it cost.
     pub fn summary(&self) -> String {
         let mut s = String::new();
+        self.write_header(&mut s);
+        self.write_throughput(&mut s);
+        self.write_rate_not_reached(&mut s);
+        self.write_sent(&mut s);
+        self.write_latency(&mut s);
+        self.write_errors(&mut s);
+        self.write_udp_order(&mut s);
+        if let Some(sv) = &self.server {
+            self.write_server_cpu(&mut s, sv);
+            self.write_server_memory(&mut s, sv);
+        }
+        self.write_cpu_use(&mut s);
+        self.write_warnings(&mut s);
+        s
+    }
+
+    /// What ran against what, with every parameter that shapes the figures:
+    /// `resound bench echo -> 127.0.0.1:7000  connections=10 size=64 pipeline=1 threads=1
+    /// (window 2.00 s, setup 0.14 s)`.
+    fn write_header(&self, s: &mut String) {
         let p = &self.plan;
         let m = p.mode;
         let _ = write!(s, "resound bench {} -> {}", m.name(), targets_text(p));
@@ -304,6 +325,12 @@ impl Report {
             " threads={}  (window {:.2} s, setup {:.2} s)",
             p.threads, self.window_s, self.setup_s
         );
+    }
+
+    /// `  throughput: 1000000 messages/s (2000000 in 2.00 s), 64.0 MB/s` (idle: what it held),
+    /// and a line of its own if nothing completed.
+    fn write_throughput(&self, s: &mut String) {
+        let m = self.plan.mode;
         if m == Mode::Idle {
             let _ = writeln!(
                 s,
@@ -327,6 +354,11 @@ impl Report {
         if self.ops == 0 {
             let _ = writeln!(s, "  {}", self.nothing_completed());
         }
+    }
+
+    /// Open loop: the generator's own shortfall, on its own line (not a loss of the server's).
+    fn write_rate_not_reached(&self, s: &mut String) {
+        let p = &self.plan;
         if let (true, Some(rate), Some(got)) = (self.rate_not_reached(), p.rate, self.rate_achieved)
         {
             let _ = writeln!(
@@ -335,42 +367,51 @@ impl Report {
                  generator, or a server that stopped reading, could not keep up){}",
                 self.not_sent,
                 self.scheduled,
-                m.op_name(),
-                if self.plan.strict_rate {
+                p.mode.op_name(),
+                if p.strict_rate {
                     " -- an error with --strict-rate"
                 } else {
                     ""
                 }
             );
         }
-        if matches!(m, Mode::Echo | Mode::Udp | Mode::Broadcast) {
-            let what = match m {
-                Mode::Broadcast => "lines sent",
-                Mode::Udp => "datagrams sent",
-                _ => "messages sent",
-            };
+    }
+
+    /// Echo, UDP and broadcast: the account of every operation sent, `  messages sent: 1999000
+    /// in the window (999500/s), 2100000 in all; 2099000 completed`.
+    fn write_sent(&self, s: &mut String) {
+        let what = match self.plan.mode {
+            Mode::Echo => "messages sent",
+            Mode::Udp => "datagrams sent",
+            Mode::Broadcast => "lines sent",
+            Mode::Connect | Mode::Idle => return,
+        };
+        let _ = write!(
+            s,
+            "  {what}: {} in the window ({:.0}/s), {} in all; {} completed",
+            self.sent,
+            self.sent as f64 / self.window_s,
+            self.sent_total,
+            self.completed
+        );
+        if self.abandoned > 0 {
             let _ = write!(
                 s,
-                "  {what}: {} in the window ({:.0}/s), {} in all; {} completed",
-                self.sent,
-                self.sent as f64 / self.window_s,
-                self.sent_total,
-                self.completed
+                ", {} in flight on connections that failed (counted with those failures)",
+                self.abandoned
             );
-            if self.abandoned > 0 {
-                let _ = write!(
-                    s,
-                    ", {} in flight on connections that failed (counted with those failures)",
-                    self.abandoned
-                );
-            }
-            if self.not_sent > 0 && p.rate.is_none() {
-                let _ = write!(s, ", {} never written whole", self.not_sent);
-            }
-            let _ = writeln!(s);
         }
+        if self.not_sent > 0 && self.plan.rate.is_none() {
+            let _ = write!(s, ", {} never written whole", self.not_sent);
+        }
+        let _ = writeln!(s);
+    }
+
+    /// `  round trip latency (µs): p50 100  p90 900 ...  (n=2)`, with `-` for every figure when
+    /// nothing was measured.
+    fn write_latency(&self, s: &mut String) {
         let l = &self.latency;
-        let what = match m {
+        let what = match self.plan.mode {
             Mode::Echo | Mode::Udp => "round trip",
             Mode::Broadcast => "fan-out",
             Mode::Connect | Mode::Idle => "connect",
@@ -397,6 +438,10 @@ impl Report {
             },
             l.count
         );
+    }
+
+    /// `  errors: 3 (connect 2, closed 1)`, then one line per cause, most frequent first.
+    fn write_errors(&self, s: &mut String) {
         let _ = write!(s, "  errors: {}", self.errors.total());
         let nonzero: Vec<String> = self
             .errors
@@ -412,50 +457,65 @@ impl Report {
         for c in &self.causes {
             let _ = writeln!(s, "    {}", cause_text(c, &self.plan));
         }
-        if m == Mode::Udp {
+    }
+
+    /// UDP: replies out of order and late ones, which are not errors.
+    fn write_udp_order(&self, s: &mut String) {
+        if self.plan.mode == Mode::Udp {
             let _ = writeln!(
                 s,
                 "  udp: {} came back out of order, {} late or duplicated (not errors)",
                 self.udp_reordered, self.udp_late
             );
         }
-        if let Some(sv) = &self.server {
-            let _ = write!(s, "  server pid {}:", sv.pid);
-            match sv.cpu_s {
-                Some(c) => {
-                    let _ = write!(s, " cpu {c:.2} s ({:.1} %)", 100.0 * c / self.window_s);
-                }
-                None => {
-                    let _ = write!(s, " cpu unknown (cannot read /proc/{})", sv.pid);
-                }
+    }
+
+    /// `  server pid 42: cpu 0.90 s (45.0 %), 0.450 cpu-s per million messages (0.450 µs each)`.
+    fn write_server_cpu(&self, s: &mut String, sv: &ServerFigures) {
+        let _ = write!(s, "  server pid {}:", sv.pid);
+        match sv.cpu_s {
+            Some(c) => {
+                let _ = write!(s, " cpu {c:.2} s ({:.1} %)", 100.0 * c / self.window_s);
             }
-            if let Some(pm) = sv.cpu_s_per_million {
-                let _ = write!(
-                    s,
-                    ", {pm:.3} cpu-s per million {} ({pm:.3} µs each)",
-                    m.op_name()
-                );
+            None => {
+                let _ = write!(s, " cpu unknown (cannot read /proc/{})", sv.pid);
             }
-            let _ = writeln!(s);
-            let kib = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        }
+        if let Some(pm) = sv.cpu_s_per_million {
             let _ = write!(
                 s,
-                "  server rss: {} -> {} KiB",
-                kib(sv.rss_before_kib),
-                kib(sv.rss_after_kib)
+                ", {pm:.3} cpu-s per million {} ({pm:.3} µs each)",
+                self.plan.mode.op_name()
             );
-            if let (Some(b), Some(a)) = (sv.rss_before_kib, sv.rss_after_kib) {
-                let _ = write!(s, " ({:+} KiB)", a as i64 - b as i64);
-            }
-            let _ = write!(s, ", peak {} KiB", kib(sv.hwm_kib));
-            if let Some(b) = sv.rss_per_conn_b.filter(|_| m != Mode::Udp) {
-                let _ = write!(s, ", {b:.0} B per open connection");
-            }
-            let _ = writeln!(s);
         }
+        let _ = writeln!(s);
+    }
+
+    /// `  server rss: 2000 -> 2200 KiB (+200 KiB), peak 3000 KiB, 2048 B per open connection`
+    /// (`-` for what could not be read).
+    fn write_server_memory(&self, s: &mut String, sv: &ServerFigures) {
+        let kib = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        let _ = write!(
+            s,
+            "  server rss: {} -> {} KiB",
+            kib(sv.rss_before_kib),
+            kib(sv.rss_after_kib)
+        );
+        if let (Some(b), Some(a)) = (sv.rss_before_kib, sv.rss_after_kib) {
+            let _ = write!(s, " ({:+} KiB)", a as i64 - b as i64);
+        }
+        let _ = write!(s, ", peak {} KiB", kib(sv.hwm_kib));
+        if let Some(b) = sv.rss_per_conn_b.filter(|_| self.plan.mode != Mode::Udp) {
+            let _ = write!(s, ", {b:.0} B per open connection");
+        }
+        let _ = writeln!(s);
+    }
+
+    /// Where the machine's CPU went: the server's CPU (with `--cpu`), the generator, the others.
+    fn write_cpu_use(&self, s: &mut String) {
         let u = &self.usage;
         let _ = write!(s, " ");
-        if let (Some(cpu), Some(b)) = (p.cpu, u.cpu_busy_pct) {
+        if let (Some(cpu), Some(b)) = (self.plan.cpu, u.cpu_busy_pct) {
             let _ = write!(s, " cpu{cpu} busy {b:.1} % (incl. softirq);");
         }
         let _ = write!(s, " loader cpu {:.1} %", u.loader_cpu_pct);
@@ -469,97 +529,38 @@ impl Report {
             );
         }
         let _ = writeln!(s);
+    }
+
+    /// `  ** warning: ...`, one line for each thing that makes a figure doubtful.
+    fn write_warnings(&self, s: &mut String) {
         for w in &self.warnings {
             let _ = writeln!(s, "  ** warning: {w}");
         }
-        s
     }
 
     /// The whole report as one JSON object (one line with `to_string`).
     pub fn json_value(&self) -> Value {
-        let l = &self.latency;
-        let us = |v: u64| (l.count > 0).then_some(v);
-        let latency = json!({
-            "p50": us(l.p50),
-            "p90": us(l.p90),
-            "p99": us(l.p99),
-            "p999": us(l.p999),
-            "max": us(l.max),
-            "mean": (l.count > 0).then(|| num(l.mean)),
-            "count": l.count,
-        });
-        let kinds: serde_json::Map<String, Value> = self
-            .errors
-            .kinds()
-            .iter()
-            .map(|&(k, n)| (k.to_string(), n.into()))
-            .collect();
-        let causes: Vec<Value> = self
-            .causes
-            .iter()
-            .map(|c| {
-                json!({
-                    "kind": c.kind.name(),
-                    "target": c.target.to_string(),
-                    "error": c.reason(),
-                    "errno": c.errno,
-                    "count": c.count,
-                })
-            })
-            .collect();
-        let series: Vec<Value> = self
-            .series
-            .iter()
-            .map(|i| {
-                let p = &i.latency;
-                let us = |v: u64| (p.count > 0).then_some(v);
-                json!({
-                    "t_s": num(i.t_s),
-                    "ops": i.ops,
-                    "per_sec": num(i.per_sec),
-                    "p50_us": us(p.p50),
-                    "p99_us": us(p.p99),
-                    "max_us": us(p.max),
-                    "errors": i.errors,
-                })
-            })
-            .collect();
-        let sv = self.server;
-        let u = &self.usage;
+        // The record and the figures made into one object (a single `json!` of this size
+        // exceeds the macro's recursion limit).
+        let mut j = self.json_record();
+        if let (Some(j), Value::Object(figures)) = (j.as_object_mut(), self.json_figures()) {
+            j.extend(figures);
+        }
+        j
+    }
+
+    /// The record of the run: version, time, every parameter, and the count of operations.
+    fn json_record(&self) -> Value {
         let p = &self.plan;
         let unix = self
             .started
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
-        let params = json!({
-                "mode": p.mode.name(),
-                "targets": p.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
-                "connections": p.connections,
-                "duration_s": num(p.duration.as_secs_f64()),
-                "warmup_s": num(p.warmup.as_secs_f64()),
-                "drain_s": num(p.drain.as_secs_f64()),
-                "setup_timeout_s": num(p.setup_timeout.as_secs_f64()),
-                "size": p.size,
-                "pipeline": p.pipeline,
-                "rate": p.rate.map(num),
-                "connect_rate": p.connect_rate.map(num),
-                "senders": p.senders,
-                "window": p.window,
-                "threads": p.threads,
-                "src_ips": p.src_ips,
-                "broadcast": p.broadcast,
-                "pid": p.pid,
-                "cpu": p.cpu,
-                "strict_rate": p.strict_rate,
-                "label": p.label,
-        });
-        // Three objects made into one (a single `json!` of this size exceeds the macro's
-        // recursion limit).
-        let mut j = json!({
+        json!({
             "version": env!("CARGO_PKG_VERSION"),
             "timestamp": rfc3339(unix),
             "timestamp_unix": num(unix.as_secs_f64()),
-            "params": params,
+            "params": params_json(p),
             "mode": p.mode.name(),
             "label": p.label,
             "target": targets_text(p),
@@ -582,9 +583,24 @@ impl Report {
             "not_sent": self.not_sent,
             "rate_achieved_per_sec": self.rate_achieved.map(num),
             "rate_reached": p.rate.map(|_| !self.rate_not_reached()),
-        });
-        let figures = json!({
-            "latency_us": latency,
+        })
+    }
+
+    /// The figures: latency, errors and their causes, the server's and the machine's CPU and
+    /// memory, the warnings and the per-second series.
+    fn json_figures(&self) -> Value {
+        let kinds: serde_json::Map<String, Value> = self
+            .errors
+            .kinds()
+            .iter()
+            .map(|&(k, n)| (k.to_string(), n.into()))
+            .collect();
+        let causes: Vec<Value> = self.causes.iter().map(cause_json).collect();
+        let series: Vec<Value> = self.series.iter().map(interval_json).collect();
+        let sv = self.server;
+        let u = &self.usage;
+        json!({
+            "latency_us": latency_json(&self.latency),
             "errors": self.errors.total(),
             "errors_by_kind": kinds,
             "causes": causes,
@@ -601,7 +617,7 @@ impl Report {
             "cpu_busy_pct": u.cpu_busy_pct.map(num),
             "cpu_busy_s_per_million": u
                 .cpu_busy_s
-                .filter(|_| self.ops > 0 && p.mode != Mode::Idle)
+                .filter(|_| self.ops > 0 && self.plan.mode != Mode::Idle)
                 .map(|b| num(b / (self.ops as f64 / 1e6))),
             "loader_cpu_pct": num(u.loader_cpu_pct),
             "other_cpu_pct": u.other_cpu_pct.map(num),
@@ -609,17 +625,80 @@ impl Report {
             "server_and_other_cpu_pct": u.server_and_other_cpu_pct.map(num),
             "warnings": self.warnings,
             "series": series,
-        });
-        if let (Some(j), Value::Object(figures)) = (j.as_object_mut(), figures) {
-            j.extend(figures);
-        }
-        j
+        })
     }
 
     /// One JSON object on one line (no trailing newline).
     pub fn json(&self) -> String {
         self.json_value().to_string()
     }
+}
+
+/// Every parameter of the plan, for the record.
+fn params_json(p: &Plan) -> Value {
+    json!({
+        "mode": p.mode.name(),
+        "targets": p.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+        "connections": p.connections,
+        "duration_s": num(p.duration.as_secs_f64()),
+        "warmup_s": num(p.warmup.as_secs_f64()),
+        "drain_s": num(p.drain.as_secs_f64()),
+        "setup_timeout_s": num(p.setup_timeout.as_secs_f64()),
+        "size": p.size,
+        "pipeline": p.pipeline,
+        "rate": p.rate.map(num),
+        "connect_rate": p.connect_rate.map(num),
+        "senders": p.senders,
+        "window": p.window,
+        "threads": p.threads,
+        "src_ips": p.src_ips,
+        "broadcast": p.broadcast,
+        "pid": p.pid,
+        "cpu": p.cpu,
+        "strict_rate": p.strict_rate,
+        "label": p.label,
+    })
+}
+
+/// The window's latencies in µs; every figure but the count is `null` when nothing was
+/// measured, never a made-up 0.
+fn latency_json(l: &Percentiles) -> Value {
+    let us = |v: u64| (l.count > 0).then_some(v);
+    json!({
+        "p50": us(l.p50),
+        "p90": us(l.p90),
+        "p99": us(l.p99),
+        "p999": us(l.p999),
+        "max": us(l.max),
+        "mean": (l.count > 0).then(|| num(l.mean)),
+        "count": l.count,
+    })
+}
+
+/// One cause of errors, its words split into fields.
+fn cause_json(c: &Cause) -> Value {
+    json!({
+        "kind": c.kind.name(),
+        "target": c.target.to_string(),
+        "error": c.reason(),
+        "errno": c.errno,
+        "count": c.count,
+    })
+}
+
+/// One second of the series (latencies `null` when none was recorded that second).
+fn interval_json(i: &Interval) -> Value {
+    let p = &i.latency;
+    let us = |v: u64| (p.count > 0).then_some(v);
+    json!({
+        "t_s": num(i.t_s),
+        "ops": i.ops,
+        "per_sec": num(i.per_sec),
+        "p50_us": us(p.p50),
+        "p99_us": us(p.p99),
+        "max_us": us(p.max),
+        "errors": i.errors,
+    })
 }
 
 /// A cause of errors in words, without its count: `connect 127.0.0.1:9: Connection refused`.

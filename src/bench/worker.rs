@@ -152,7 +152,9 @@ pub fn poller() -> io::Result<(Poll, Arc<Waker>)> {
     Ok((poll, waker))
 }
 
-/// Run one worker to the end.
+/// Run one worker to the end. Each turn of the loop sleeps until the next thing is due, hands
+/// the events to the driver, gives the driver its turn, tells the coordinator what is new, and
+/// ends the run when the timeline (or the coordinator) says so.
 pub fn run<D: Driver>(
     mut poll: Poll,
     mut driver: D,
@@ -167,10 +169,7 @@ pub fn run<D: Driver>(
         ..Tally::default()
     };
     let mut buf = vec![0u8; super::READ_BUF];
-    let mut settled_sent = false;
-    let mut synced_sent = 0;
-    let mut next_report: Option<Instant> = None;
-    let mut stop = false;
+    let mut link = Link::new(control);
     // An owned handle to the registry, so one context can live across `poll`, which needs the
     // poller itself mutably.
     let registry = poll.registry().try_clone()?;
@@ -186,102 +185,198 @@ pub fn run<D: Driver>(
     };
 
     loop {
-        let now = Instant::now();
-        cx.now = now;
-        let deadline = [
-            driver.wake_at(&cx),
-            next_report,
-            cx.timeline.map(|t| match t.phase(now) {
-                Phase::Warmup | Phase::Measure => t.measure_until,
-                _ => t.drain_until,
-            }),
-            Some(now + IDLE_TICK),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .expect("the idle tick is always there");
-        let wait = deadline.saturating_duration_since(now);
-        let timeout = if wait > Duration::ZERO && wait < FINE_SLEEP {
-            timer.arm(deadline, wait)?;
-            None
-        } else {
-            Some(wait)
-        };
-        if let Err(e) = poll.poll(&mut events, timeout)
-            && e.kind() != io::ErrorKind::Interrupted
-        {
-            return Err(e);
-        }
+        cx.now = Instant::now();
+        let deadline = next_deadline(&driver, &cx, link.next_report);
+        wait_until(&mut poll, &mut events, &timer, deadline, cx.now)?;
 
         cx.now = Instant::now();
         for event in events.iter() {
             match event.token() {
-                WAKER => {
-                    while let Ok(cmd) = control.commands.try_recv() {
-                        match cmd {
-                            Command::Sync => cx.syncing = true,
-                            Command::Start(t) => {
-                                cx.syncing = false;
-                                cx.timeline = Some(t);
-                                next_report = Some(t.start + INTERVAL);
-                            }
-                            Command::Stop => stop = true,
-                        }
-                    }
-                }
+                WAKER => link.take_commands(&mut cx),
                 TIMER => timer.clear()?,
                 _ => driver.event(&mut cx, event),
             }
         }
         driver.turn(&mut cx);
 
-        if !settled_sent && let Some(open) = driver.settled() {
-            settled_sent = true;
-            let _ = control.messages.send(Message::Settled {
+        link.tell_news(&driver, &mut cx);
+        if over(&driver, &cx) || link.stop {
+            link.finish(&mut driver, &mut cx);
+            return Ok(());
+        }
+    }
+}
+
+/// The next instant a turn is due even without events: the driver's own (pacing), the next
+/// progress report, the end of the window or of the drain, and at the latest the idle tick.
+#[inline]
+fn next_deadline<D: Driver>(driver: &D, cx: &Cx, next_report: Option<Instant>) -> Instant {
+    let now = cx.now;
+    [
+        driver.wake_at(cx),
+        next_report,
+        cx.timeline.map(|t| match t.phase(now) {
+            Phase::Warmup | Phase::Measure => t.measure_until,
+            Phase::Drain | Phase::Over => t.drain_until,
+        }),
+        Some(now + IDLE_TICK),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .expect("the idle tick is always there")
+}
+
+/// Wait for events until `deadline` (`now` is the time it was computed at). A deadline closer
+/// than [`FINE_SLEEP`] is left to the timerfd, since `epoll_wait` would round it up to a whole
+/// millisecond. An interrupted wait is an ordinary wake-up.
+#[inline]
+fn wait_until(
+    poll: &mut Poll,
+    events: &mut Events,
+    timer: &FineTimer,
+    deadline: Instant,
+    now: Instant,
+) -> io::Result<()> {
+    let wait = deadline.saturating_duration_since(now);
+    let timeout = if wait > Duration::ZERO && wait < FINE_SLEEP {
+        timer.arm(deadline, wait)?;
+        None
+    } else {
+        Some(wait)
+    };
+    if let Err(e) = poll.poll(events, timeout)
+        && e.kind() != io::ErrorKind::Interrupted
+    {
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// The run is over for this worker: the drain has nothing left in flight, or it has run out.
+#[inline]
+fn over<D: Driver>(driver: &D, cx: &Cx) -> bool {
+    match cx.timeline.map(|t| t.phase(cx.now)) {
+        Some(Phase::Drain) => driver.in_flight(cx) == 0,
+        Some(Phase::Over) => true,
+        Some(Phase::Warmup | Phase::Measure) | None => false,
+    }
+}
+
+/// The worker's end of its link to the coordinator: the channels, and what has been said over
+/// them so far (so that each piece of news is sent once).
+struct Link {
+    control: Control,
+    /// [`Message::Settled`] has been sent.
+    settled_sent: bool,
+    /// The synced count last sent in [`Message::Synced`].
+    synced_sent: u64,
+    /// When the next [`Message::Interval`] is due (once the load has started).
+    next_report: Option<Instant>,
+    /// The coordinator said [`Command::Stop`].
+    stop: bool,
+}
+
+impl Link {
+    fn new(control: Control) -> Link {
+        Link {
+            control,
+            settled_sent: false,
+            synced_sent: 0,
+            next_report: None,
+            stop: false,
+        }
+    }
+
+    /// The waker fired: carry out every command waiting on the channel.
+    #[inline]
+    fn take_commands(&mut self, cx: &mut Cx) {
+        while let Ok(cmd) = self.control.commands.try_recv() {
+            match cmd {
+                Command::Sync => cx.syncing = true,
+                Command::Start(t) => {
+                    cx.syncing = false;
+                    cx.timeline = Some(t);
+                    self.next_report = Some(t.start + INTERVAL);
+                }
+                Command::Stop => self.stop = true,
+            }
+        }
+    }
+
+    /// After each turn, tell the coordinator what is new.
+    #[inline]
+    fn tell_news<D: Driver>(&mut self, driver: &D, cx: &mut Cx) {
+        self.tell_settled(driver, cx);
+        self.tell_synced(driver);
+        self.tell_progress(cx);
+    }
+
+    /// Once, when setup is over: how many sockets opened, and why the others failed.
+    #[inline]
+    fn tell_settled<D: Driver>(&mut self, driver: &D, cx: &Cx) {
+        if !self.settled_sent
+            && let Some(open) = driver.settled()
+        {
+            self.settled_sent = true;
+            let _ = self.control.messages.send(Message::Settled {
                 open,
                 errors: cx.tally.errors,
                 causes: cx.tally.causes.clone(),
             });
         }
+    }
+
+    /// Broadcast: how many connections have seen a sync line, whenever that number changes.
+    #[inline]
+    fn tell_synced<D: Driver>(&mut self, driver: &D) {
         let synced = driver.synced();
-        if synced != synced_sent {
-            synced_sent = synced;
-            let _ = control.messages.send(Message::Synced {
-                worker: control.index,
+        if synced != self.synced_sent {
+            self.synced_sent = synced;
+            let _ = self.control.messages.send(Message::Synced {
+                worker: self.control.index,
                 synced,
             });
         }
-        if let Some(at) = next_report
+    }
+
+    /// Every [`INTERVAL`] once the load has started: the last second's progress.
+    #[inline]
+    fn tell_progress(&mut self, cx: &mut Cx) {
+        if let Some(at) = self.next_report
             && cx.now >= at
         {
-            next_report = Some(at + INTERVAL);
-            let latency = Box::new(cx.tally.interval_latency.clone());
-            cx.tally.interval_latency.reset();
-            let ops = std::mem::take(&mut cx.tally.interval_ops);
-            let errors = cx.tally.errors;
-            let _ = control.messages.send(Message::Interval {
-                worker: control.index,
-                ops,
-                latency,
-                errors,
-            });
+            self.next_report = Some(at + INTERVAL);
+            self.send_interval(cx);
         }
-        let over = match cx.timeline.map(|t| t.phase(cx.now)) {
-            Some(Phase::Drain) => driver.in_flight(&cx) == 0,
-            Some(Phase::Over) => true,
-            _ => false,
-        };
-        if over || stop {
-            let mut result = WorkerResult::default();
-            driver.finish(&mut cx, &mut result);
-            result.tally = std::mem::take(cx.tally);
-            let _ = control.messages.send(Message::Done {
-                worker: control.index,
-                result: Box::new(result),
-            });
-            return Ok(());
-        }
+    }
+
+    /// Send what was counted since the last report, and start counting the next second. Once a
+    /// second, so kept out of line: the check above stays small enough to inline in every turn.
+    #[inline(never)]
+    fn send_interval(&self, cx: &mut Cx) {
+        let latency = Box::new(cx.tally.interval_latency.clone());
+        cx.tally.interval_latency.reset();
+        let ops = std::mem::take(&mut cx.tally.interval_ops);
+        let errors = cx.tally.errors;
+        let _ = self.control.messages.send(Message::Interval {
+            worker: self.control.index,
+            ops,
+            latency,
+            errors,
+        });
+    }
+
+    /// The run is over: the driver counts what is missing and closes everything, and the final
+    /// counts go to the coordinator.
+    fn finish<D: Driver>(&self, driver: &mut D, cx: &mut Cx) {
+        let mut result = WorkerResult::default();
+        driver.finish(cx, &mut result);
+        result.tally = std::mem::take(cx.tally);
+        let _ = self.control.messages.send(Message::Done {
+            worker: self.control.index,
+            result: Box::new(result),
+        });
     }
 }
 
