@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, Config};
+use crate::config::{self, BridgeUrl, Config};
 use crate::units::{
     parse_connect_addr, parse_duration, parse_keepalive, parse_listen_addr, parse_positive_duration,
 };
@@ -82,7 +82,8 @@ interface). Durations: seconds (30, 0.5) or with a unit (1500ms, 2m, 1h), at mos
 Sizes: 64k, 1.5m, 4g, 1t (1k = 1024).
 
 SIGINT/SIGTERM stop accepting and drain every connection (at most --drain-timeout);
-a second signal stops at once. Logging: RUST_LOG=debug shows every connection's phases.")]
+a second signal stops at once. With --bridge, the drain also waits (within the same timeout)
+for Redis to confirm every batch published. Logging: RUST_LOG=debug shows every connection's phases.")]
 pub struct ServeArgs {
     /// TCP echo: every byte back, in order.
     #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
@@ -165,6 +166,21 @@ pub struct ServeArgs {
     /// Log a stats line every SECS (0 = never); totals are always logged on exit.
     #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "0")]
     pub stats_interval: Duration,
+
+    /// Share every port with other `serve --reuseport` processes (SO_REUSEPORT): run one per
+    /// core; the kernel spreads new clients over them by a hash of their addresses.
+    #[arg(long)]
+    pub reuseport: bool,
+
+    /// Span the broadcast room over every process bridged to this Redis pub/sub channel:
+    /// redis://HOST[:PORT]/CHANNEL (HOST resolved once, at start-up).
+    #[arg(long, value_name = "URL", value_parser = BridgeUrl::parse)]
+    pub bridge: Option<BridgeUrl>,
+
+    /// Bytes the bridge may owe Redis; past it, batches are dropped (and counted) rather than
+    /// queued.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "16m")]
+    pub bridge_max_queue: usize,
 }
 
 impl ServeArgs {
@@ -201,6 +217,9 @@ impl ServeArgs {
         config.bcast_soft_time = self.bcast_soft_time;
         config.drain_timeout = self.drain_timeout;
         config.stats_interval = nonzero(self.stats_interval);
+        config.reuseport = self.reuseport;
+        config.bridge = self.bridge;
+        config.bridge_max_queue = self.bridge_max_queue;
         config.handle_signals = true;
         config
     }

@@ -24,6 +24,9 @@
 //!   echo (TCP and UDP), the broadcast line framer, the file-transfer header parser and
 //!   transfer state machine.
 //! * `room.rs`: the broadcast room — membership, fan-out, output limits, the drain guarantee.
+//! * `bridge.rs`: `--bridge`, the room spanning several processes through Redis pub/sub — the
+//!   bus message format, the link's sans-IO state machine (`bridge/link.rs`) and its two
+//!   non-blocking sockets.
 //! * `storage.rs`: the receiving directory: temporaries, no-replace renames, cleanup.
 //! * [`digest`]: the two hash algorithms and the `done <BYTES> <ALG>:<HEX>` line, shared by the
 //!   files service and `resound send`.
@@ -79,6 +82,7 @@ pub mod service;
 pub mod stats;
 pub mod units;
 
+pub(crate) mod bridge;
 pub(crate) mod listener;
 pub(crate) mod room;
 pub(crate) mod server;
