@@ -69,6 +69,9 @@ struct Socket {
     readable: bool,
     /// May take bytes: cleared by `WouldBlock`, set by events.
     writable: bool,
+    /// The last event said the peer closed or the socket failed: the EOF (or error) sits
+    /// behind the data, its edge already reported, so a short read does not mean "drained".
+    hup: bool,
     /// WRITABLE is in the registered interest (only while connecting or owing bytes, so an
     /// idle link costs no wake-ups).
     write_interest: bool,
@@ -82,6 +85,7 @@ impl Socket {
             connecting: false,
             readable: false,
             writable: false,
+            hup: false,
             write_interest: false,
         }
     }
@@ -120,6 +124,7 @@ impl Bridge {
         };
         let failed = event.is_error();
         s.readable |= event.is_readable() || event.is_read_closed() || failed;
+        s.hup |= event.is_read_closed() || failed;
         s.writable |= event.is_writable() || event.is_write_closed() || failed;
         true
     }
@@ -295,8 +300,10 @@ impl Bridge {
                     return;
                 }
                 Ok(n) => {
-                    // A short read: the receive queue is empty for now (as in `connection.rs`).
-                    if n < want {
+                    // A short read: the receive queue is empty for now (as in `connection.rs`) —
+                    // unless an EOF is known to follow: Redis's output limit closes a node that
+                    // stopped reading, and the EOF queues behind megabytes no new edge reports.
+                    if n < want && !s.hup {
                         s.readable = false;
                     }
                     budget -= n;
