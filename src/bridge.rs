@@ -135,8 +135,10 @@ impl Bridge {
         self.link.publish(batch);
     }
 
-    /// One turn of the link: timers, connects, writes, reads, within budgets.
-    pub fn drive(&mut self, now: Instant, scratch: &mut [u8], registry: &Registry) {
+    /// A turn's first half, before the room is flushed: timers, connects, and reads within
+    /// the budget. What other nodes said is then in [`Bridge::poll_lines`], so it leaves in
+    /// the same write to each member as this turn's local lines.
+    pub fn receive(&mut self, now: Instant, scratch: &mut [u8], registry: &Registry) {
         self.link.handle_timeout(now);
         self.carry_out(registry, now);
         for conn in Conn::BOTH {
@@ -144,8 +146,16 @@ impl Bridge {
         }
         self.carry_out(registry, now);
         for conn in Conn::BOTH {
-            self.write(conn, now);
             self.read(conn, scratch, now);
+        }
+        self.carry_out(registry, now);
+    }
+
+    /// A turn's second half, after the room was flushed (local members first): write what the
+    /// link owes — this turn's batches, a SUBSCRIBE.
+    pub fn send(&mut self, now: Instant, registry: &Registry) {
+        for conn in Conn::BOTH {
+            self.write(conn, now);
         }
         self.carry_out(registry, now);
         self.update_interest(registry, now);
@@ -163,7 +173,7 @@ impl Bridge {
             .any(|s| s.readable && s.stream.is_some() && !s.connecting)
     }
 
-    /// When [`Bridge::drive`] must run even without an event (backoff, connect timeout).
+    /// When [`Bridge::receive`] must run even without an event (backoff, connect timeout).
     pub fn deadline(&self) -> Option<Instant> {
         self.link.deadline()
     }

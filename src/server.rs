@@ -17,9 +17,9 @@
 //!    are fanned out to the room as soon as its visit ends;
 //! 5. **flush the room**: write to every broadcast member that got lines this turn, once, in
 //!    one vectored write — lines from several senders cost each member one syscall
-//!    ([`Core::flush_room`]). With `--bridge`, then hand the turn's batches to the Redis link
-//!    — local members had them first — drive the link, and fan out and flush what other nodes
-//!    said ([`Core::exchange_with_bridge`]);
+//!    ([`Core::flush_room`]). With `--bridge`, what other nodes said joins the room just
+//!    before ([`Core::bridge_in`]), and what local members said is published just after —
+//!    they have it first ([`Core::bridge_out`]);
 //! 6. **fire timers**: idle and closing timeouts, output limits, file deadlines, the stats
 //!    line, and the drain's progress and deadline ([`Core::fire_timers`]);
 //! 7. **sweep**: free the connections that reached CLOSED during this turn
@@ -386,8 +386,9 @@ impl Core {
     fn turn(&mut self) {
         self.take_in(); // 3
         self.visit_ready(); // 4
+        self.bridge_in(); // 5, with --bridge
         self.flush_room(); // 5
-        self.exchange_with_bridge(); // 5, with --bridge
+        self.bridge_out(); // 5, with --bridge
         self.fire_timers(); // 6
         self.sweep(); // 7
     }
@@ -589,17 +590,14 @@ impl Core {
         self.room.recycle_flush_list(list);
     }
 
-    /// Step 5, with `--bridge` only: publish the batches local members sent this turn (after
-    /// the flush above, so they had them first), drive the Redis link, and fan out and flush
-    /// what other nodes published.
-    fn exchange_with_bridge(&mut self) {
+    /// Step 5, with `--bridge` only, before the flush: drive the Redis link's timers, connects
+    /// and reads, and fan out what other nodes published — so it leaves in the same write to
+    /// each member as this turn's local lines.
+    fn bridge_in(&mut self) {
         let Some(bridge) = &mut self.bridge else {
             return;
         };
-        for (batch, _lines) in self.room.take_outgoing() {
-            bridge.publish(&batch);
-        }
-        bridge.drive(self.now, &mut self.scratch, &self.registry);
+        bridge.receive(self.now, &mut self.scratch, &self.registry);
         let mut remote = false;
         while let Some((batch, lines)) = bridge.poll_lines() {
             self.room.publish(Origin::Elsewhere, batch, lines);
@@ -607,8 +605,19 @@ impl Core {
         }
         if remote {
             self.room.fan_out(&mut self.clients);
-            self.flush_room();
         }
+    }
+
+    /// Step 5, with `--bridge` only, after the flush: publish the batches local members sent
+    /// this turn (they have had them first).
+    fn bridge_out(&mut self) {
+        let Some(bridge) = &mut self.bridge else {
+            return;
+        };
+        for (batch, _lines) in self.room.take_outgoing() {
+            bridge.publish(&batch);
+        }
+        bridge.send(self.now, &self.registry);
     }
 
     // ------------------------------------------------------------------ 6. timers
