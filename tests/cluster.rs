@@ -418,9 +418,20 @@ fn a_graceful_stop_publishes_what_members_said_before_it() {
 #[test]
 fn two_reuseport_processes_share_a_port_and_survive_each_other() {
     const CONNS: usize = 32;
-    let a = ServerProcess::start(&["--echo", "127.0.0.1:0", "--reuseport"], 1);
-    let addr = a.addr("echo").to_string();
-    let mut b = ServerProcess::start(&["--echo", &addr, "--reuseport"], 1);
+    let a = ServerProcess::start(
+        &[
+            "--echo",
+            "127.0.0.1:0",
+            "--udp",
+            "127.0.0.1:0",
+            "--reuseport",
+        ],
+        2,
+    );
+    let (addr, udp) = (a.addr("echo").to_string(), a.addr("udp").to_string());
+    // The second binds the same TCP and UDP addresses.
+    let mut b = ServerProcess::start(&["--echo", &addr, "--udp", &udp, "--reuseport"], 2);
+    assert_eq!(b.addr("udp"), a.addr("udp"));
     let addr: SocketAddr = addr.parse().unwrap();
 
     let echo = |mut s: TcpStream| {
