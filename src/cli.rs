@@ -81,9 +81,12 @@ Addresses: IP:PORT, [v6]:PORT, HOST:PORT, or PORT / :PORT for 0.0.0.0:PORT (ever
 interface). Durations: seconds (30, 0.5) or with a unit (1500ms, 2m, 1h), at most 10 years.
 Sizes: 64k, 1.5m, 4g, 1t (1k = 1024).
 
-SIGINT/SIGTERM stop accepting and drain every connection (at most --drain-timeout);
-a second signal stops at once. With --bridge, the drain also waits (within the same timeout)
-for Redis to confirm every batch published. Logging: RUST_LOG=debug shows every connection's phases.")]
+Signals: SIGINT, SIGTERM and SIGQUIT stop accepting and drain: a connection with nothing
+owed either way is closed at once, the others finish what they were doing (at most
+--drain-timeout); a second signal stops at once. SIGUSR1 logs the stats line now. SIGHUP and
+SIGUSR2 are logged and ignored. With --bridge, the drain also waits (within the same
+timeout) for Redis to confirm every batch published.
+Logging: RUST_LOG=debug shows every connection's phases, RUST_LOG=trace what echo returns.")]
 pub struct ServeArgs {
     /// TCP echo: every byte back, in order.
     #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
@@ -159,6 +162,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "10")]
     pub bcast_soft_time: Duration,
 
+    /// What all clients together may pin in queued output and buffered input; over it, the
+    /// client pinning the most is disconnected [default: 1g, or a quarter of physical memory
+    /// if less]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_memory: Option<usize>,
+
+    /// How long a connection the server is closing may wait for the peer to read what it is
+    /// owed and to send its FIN (FIN-WAIT, CLOSING) before it is reset.
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_duration, default_value = "5")]
+    pub close_timeout: Duration,
+
     /// On SIGINT/SIGTERM, how long to let connections finish before closing them.
     #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "5")]
     pub drain_timeout: Duration,
@@ -215,7 +229,11 @@ impl ServeArgs {
         config.bcast_hard_limit = self.bcast_hard_limit;
         config.bcast_soft_limit = self.bcast_soft_limit;
         config.bcast_soft_time = self.bcast_soft_time;
+        if let Some(bytes) = self.max_memory {
+            config.max_memory = bytes;
+        }
         config.drain_timeout = self.drain_timeout;
+        config.close_timeout = self.close_timeout;
         config.stats_interval = nonzero(self.stats_interval);
         config.reuseport = self.reuseport;
         config.bridge = self.bridge;

@@ -23,6 +23,9 @@ pub const DEFAULT_UDP: &str = "127.0.0.1:7000";
 /// EMFILE. Redis reserves 32 the same way.
 pub const FD_RESERVE: usize = 32;
 
+/// A descriptor limit under this is worth a warning at start-up (1024 is a common default).
+const LOW_FD_LIMIT: usize = 4096;
+
 /// The whole configuration of a server.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -63,6 +66,9 @@ pub struct Config {
     pub bcast_soft_limit: usize,
     /// How long a broadcast client may stay over `bcast_soft_limit`.
     pub bcast_soft_time: Duration,
+    /// What all clients together may pin in queued output and buffered input
+    /// (`--max-memory`); over it, the client pinning the most is disconnected.
+    pub max_memory: usize,
     /// How long a graceful shutdown waits for connections to finish (`--drain-timeout`).
     pub drain_timeout: Duration,
     /// Print a stats line this often (`--stats-interval`; None = never).
@@ -107,6 +113,7 @@ impl Default for Config {
             bcast_hard_limit: 16 * 1024 * 1024,
             bcast_soft_limit: 4 * 1024 * 1024,
             bcast_soft_time: Duration::from_secs(10),
+            max_memory: crate::budget::default_limit(),
             drain_timeout: Duration::from_secs(5),
             stats_interval: None,
             close_timeout: Duration::from_secs(5),
@@ -119,6 +126,58 @@ impl Default for Config {
 }
 
 impl Config {
+    /// What an operator should know about the limits against the system's: a `--max-conns`
+    /// above what the descriptor limit can hold (the kernel caps it: past that, clients are
+    /// shed with `error: too many connections`), a low descriptor limit, a listen backlog
+    /// capped by `net.core.somaxconn`. Returns the warnings.
+    pub fn check_against_system(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let fds = crate::procfs::fd_limit();
+        let most = fds.saturating_sub(FD_RESERVE).max(1);
+        if self.max_conns > most {
+            warnings.push(format!(
+                "--max-conns {} is more than the descriptor limit of {fds} allows: at most \
+                 {most} clients will be served (raise it with `ulimit -n`)",
+                self.max_conns
+            ));
+        }
+        if fds < LOW_FD_LIMIT {
+            warnings.push(format!(
+                "the descriptor limit is {fds}: at most {most} clients \
+                 (raise it with `ulimit -n`)"
+            ));
+        }
+        if let Some(cap) = crate::procfs::somaxconn()
+            && cap < crate::listener::BACKLOG as usize
+        {
+            warnings.push(format!(
+                "listen backlog {} capped to {cap} by net.core.somaxconn: a connect burst \
+                 larger than that is refused (raise it with `sysctl net.core.somaxconn`)",
+                crate::listener::BACKLOG
+            ));
+        }
+        warnings
+    }
+
+    /// The effective limits, for the start-up line.
+    pub fn limits_summary(&self) -> String {
+        let secs = |d: Option<Duration>| d.map_or("off".to_string(), |d| format!("{d:?}"));
+        format!(
+            "max conns {} (fd limit {} allows {}), listen backlog {} (somaxconn {}), max memory {} MiB, \
+             max buffer {} KiB, idle timeout {}, keepalive {}, drain timeout {:?}",
+            self.max_conns,
+            crate::procfs::fd_limit(),
+            crate::procfs::fd_limit().saturating_sub(FD_RESERVE).max(1),
+            crate::listener::BACKLOG,
+            crate::procfs::somaxconn().map_or("?".to_string(), |n| n.to_string()),
+            self.max_memory >> 20,
+            self.max_buffer >> 10,
+            secs(self.idle_timeout),
+            secs(self.keepalive),
+            self.drain_timeout
+        )
+    }
+
     /// The limits the files service holds each transfer to.
     pub fn file_limits(&self) -> Limits {
         Limits {

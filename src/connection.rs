@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use log::debug;
 
 use crate::lifecycle::{AbortReason, CloseReason, Event, Phase};
-use crate::outqueue::OutQueue;
+use crate::outqueue::{OutQueue, Payload};
 
 /// What one readiness event said about the socket. Edge-triggered epoll reports each change
 /// once, so this is remembered until a read or write finds out the truth.
@@ -250,9 +250,15 @@ impl Connection {
         self.out.len()
     }
 
-    /// Memory the output queue holds (what output limits are checked against).
+    /// What the output queue costs this peer, shared payloads included (what output limits
+    /// are checked against, and what ranks clients for `--max-memory`).
     pub fn footprint(&self) -> usize {
         self.out.footprint()
+    }
+
+    /// Heap memory the output queue alone holds (shared payloads are counted once elsewhere).
+    pub fn pinned(&self) -> usize {
+        self.out.pinned()
     }
 
     /// When a byte last moved.
@@ -386,10 +392,11 @@ impl Connection {
         }
     }
 
-    /// Queue a shared chunk (a broadcast batch) without copying it, unless our side is closed.
-    pub fn queue_shared(&mut self, chunk: Rc<[u8]>) {
+    /// Queue a shared payload (a broadcast batch), by reference if it is large, unless our
+    /// side is closed.
+    pub fn queue_shared(&mut self, payload: &Rc<Payload>) {
         if self.phase.writes() {
-            self.out.push_shared(chunk);
+            self.out.push_shared(payload);
         }
     }
 
@@ -441,6 +448,16 @@ impl Connection {
     /// and is nothing owed any more? Then the connection can be closed.
     pub fn is_drained(&self) -> bool {
         self.drain_limit.is_some() && self.read_allowance(1) == 0 && self.out.is_empty()
+    }
+
+    /// A graceful stop found nothing owed either way: the queue is empty, and the kernel holds
+    /// no unread byte for us and no unacknowledged byte for the peer (the I/O layer asked it).
+    /// Release the connection now instead of waiting for the peer's FIN, which an idle client
+    /// would never send.
+    pub fn release(&mut self) {
+        if self.out.is_empty() {
+            self.step(Event::Release);
+        }
     }
 
     /// Does input received before the stop remain unread? (A broadcast member's unread lines
@@ -532,9 +549,15 @@ impl Connection {
         if from == to {
             return;
         }
+        // An abort says what kind of end it is: a reset we send, or a socket already dead.
+        let how = match event {
+            Event::Abort(reason) if reason.resets() => "; reset sent",
+            Event::Abort(AbortReason::Io(_)) => "; the socket failed",
+            _ => "",
+        };
         debug!(
-            "conn {} {} {} -> {} ({})",
-            self.id, self.peer, from, to, event
+            "conn {} {} {} -> {} ({event}{how})",
+            self.id, self.peer, from, to
         );
         self.phase = to;
         if to == Phase::FinWait2 {
@@ -728,7 +751,8 @@ mod tests {
             readable: true,
             ..Readiness::default()
         });
-        c.queue_shared(Rc::from(&[b'x'; 1000][..]));
+        let ledger = crate::outqueue::Ledger::default();
+        c.queue_shared(&Rc::new(Payload::new(Rc::from(&[b'x'; 1000][..]), &ledger)));
         c.update_flow(10);
         assert!(c.wants_read());
     }
@@ -947,6 +971,28 @@ mod tests {
         assert!(!c.is_drained());
         flush_all(&mut c);
         assert!(c.is_drained());
+    }
+
+    #[test]
+    fn test_release_at_a_stop_never_drops_owed_bytes() {
+        let now = t0();
+        let mut c = conn(now);
+        c.queue_copy(b"owed");
+        c.release();
+        assert_eq!(c.phase(), Phase::Established, "bytes are owed: no release");
+        flush_all(&mut c);
+        c.release();
+        assert_eq!(c.phase(), Phase::Closed);
+        assert_eq!(actions(&mut c), [], "a plain close(): no reset");
+    }
+
+    #[test]
+    fn test_release_after_our_fin() {
+        let now = t0();
+        let mut c = fin_wait_1(now, b"");
+        assert_eq!(c.phase(), Phase::FinWait2);
+        c.release();
+        assert_eq!(c.phase(), Phase::Closed);
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! * [`service`]: what each service does with the bytes it gets, behind one interface:
 //!   echo (TCP and UDP), the broadcast line framer, the file-transfer header parser and
 //!   transfer state machine.
+//! * `budget.rs`: `--max-memory`, one budget over what every client pins.
 //! * `room.rs`: the broadcast room — membership, fan-out, output limits, the drain guarantee.
 //! * `bridge.rs`: `--bridge`, the room spanning several processes through Redis pub/sub — the
 //!   bus message format, the link's sans-IO state machine (`bridge/link.rs`) and its two
@@ -83,6 +84,7 @@ pub mod stats;
 pub mod units;
 
 pub(crate) mod bridge;
+pub(crate) mod budget;
 pub(crate) mod listener;
 pub(crate) mod room;
 pub(crate) mod server;

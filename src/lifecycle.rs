@@ -122,6 +122,14 @@ impl Phase {
             // CLOSED is terminal: nothing revives a released connection.
             (Closed, _) => Closed,
 
+            // Nothing owed, nothing unread, and the peer acknowledged every byte: at a
+            // graceful stop there is nothing to wait for. close(); the kernel sends our FIN.
+            (Established, Release) => Closed,
+            // Our FIN and everything before it acknowledged: the peer has it all.
+            (FinWait2, Release) => Closed,
+            // Still owing bytes: a release waits for the flush (never loses them).
+            (CloseWait | FinWait1 | Closing, Release) => self,
+
             // The peer finished sending: stop reading, flush what we owe, then close.
             (Established, PeerFin) => CloseWait,
             // Nothing owed is the normal state of an established connection.
@@ -218,7 +226,7 @@ impl AbortReason {
 impl fmt::Display for AbortReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AbortReason::Io(kind) => write!(f, "error: {kind}"),
+            AbortReason::Io(kind) => write!(f, "I/O error: {kind}"),
             AbortReason::CloseTimeout => f.write_str("close timeout"),
             AbortReason::IdleTimeout => f.write_str("idle timeout"),
             AbortReason::Drain => f.write_str("drain timeout"),
@@ -238,6 +246,9 @@ pub enum Event {
     Close(CloseReason),
     /// The connection must end now.
     Abort(AbortReason),
+    /// A graceful stop releases a connection that owes nothing, has nothing unread, and whose
+    /// every byte (our FIN included, if sent) the peer has acknowledged.
+    Release,
 }
 
 impl fmt::Display for Event {
@@ -248,6 +259,7 @@ impl fmt::Display for Event {
             Event::Flushed => f.write_str("output flushed"),
             Event::Close(reason) => reason.fmt(f),
             Event::Abort(reason) => reason.fmt(f),
+            Event::Release => f.write_str("shutting down: nothing owed"),
         }
     }
 }
@@ -343,9 +355,24 @@ mod tests {
 
     // --- CLOSED ---
 
+    // --- a graceful stop's release ---
+
+    #[test]
+    fn test_release_ends_an_idle_connection_or_a_finished_fin_wait_2() {
+        assert_eq!(Established.next(&Release), Closed);
+        assert_eq!(FinWait2.next(&Release), Closed);
+    }
+
+    #[test]
+    fn test_release_never_skips_a_flush() {
+        for phase in [CloseWait, FinWait1, Closing] {
+            assert_eq!(phase.next(&Release), phase, "{phase}");
+        }
+    }
+
     #[test]
     fn test_closed_is_terminal() {
-        for event in [PeerFin, Flushed, SHUTDOWN, RESET] {
+        for event in [PeerFin, Flushed, SHUTDOWN, RESET, Release] {
             assert_eq!(Closed.next(&event), Closed);
         }
     }
@@ -385,6 +412,6 @@ mod tests {
     fn test_event_reasons_read_well_in_the_log() {
         assert_eq!(PeerFin.to_string(), "peer FIN");
         assert_eq!(SHUTDOWN.to_string(), "shutting down");
-        assert_eq!(RESET.to_string(), "error: connection reset");
+        assert_eq!(RESET.to_string(), "I/O error: connection reset");
     }
 }

@@ -15,7 +15,7 @@ use crate::service::ServiceKind;
 
 /// The accept backlog asked of the kernel (it caps it at `net.core.somaxconn`). mio and std use
 /// 1024 and 128; a connect flood fills those long before a busy loop comes back to accept.
-const BACKLOG: i32 = 4096;
+pub const BACKLOG: i32 = 4096;
 
 /// The line a client turned away at accept time receives before the close.
 pub const TOO_MANY: &[u8] = b"error: too many connections\n";
@@ -321,6 +321,12 @@ impl Accepting {
     /// Turn a client away (`--max-conns` reached): tell it why and close.
     pub fn turn_away(&mut self, client: NewClient, now: Instant, why: &str) {
         reject(client.stream);
+        self.reject_logged(now, why);
+    }
+
+    /// Count a client refused elsewhere (told by the loop itself), with the same rate-limited
+    /// log line.
+    pub fn count_refusal(&mut self, now: Instant, why: &str) {
         self.reject_logged(now, why);
     }
 

@@ -4,7 +4,6 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use log::error;
 use resound::Server;
 use resound::cli::{Cli, Command, SendArgs, ServeArgs};
 use resound::send::{self, SendOptions};
@@ -45,10 +44,12 @@ fn serve(args: ServeArgs) -> ExitCode {
     // the write fails with EFBIG instead, and the one transfer that hit it is refused.
     // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    // Fatal errors go to stderr directly, not through the logger: whatever RUST_LOG says
+    // (off, a typo, a module filter), the reason a server did not start must be seen.
     let server = match Server::bind(args.into_config()) {
         Ok(server) => server,
         Err(e) => {
-            error!("{e}");
+            eprintln!("resound serve: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -63,7 +64,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     match server.run() {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("event loop failed: {e}");
+            eprintln!("resound serve: event loop failed: {e}");
             ExitCode::FAILURE
         }
     }

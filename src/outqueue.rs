@@ -6,10 +6,13 @@
 //! kernel refuses is kept here until the socket is writable again, and the connection stops
 //! reading while the queue is over its limit (see `connection.rs`).
 //!
-//! The queue holds a list of chunks: bytes copied in (echo's leftovers) or shared,
-//! reference-counted pieces (one broadcast line queued to many peers costs a pointer each, not a
-//! copy). The writer takes them as `IoSlice`s for one vectored write. No I/O happens here.
+//! The queue holds a list of chunks: bytes copied in (echo's leftovers, small broadcast lines)
+//! or shared, reference-counted payloads (one large broadcast batch queued to many peers costs
+//! a pointer each, not a copy). The writer takes them as `IoSlice`s for one vectored write. The
+//! queue also knows what it costs in memory, for the per-client output limits and the
+//! server-wide `--max-memory` budget. No I/O happens here.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::rc::Rc;
@@ -18,16 +21,56 @@ use std::rc::Rc;
 /// so that many small leftovers do not become many tiny allocations and iovecs.
 const OWNED_CHUNK: usize = 16 * 1024;
 
+/// Shared payloads up to this size are copied into the queue instead of referenced. A
+/// reference costs a queue slot (32 bytes) plus a reference count per recipient whatever the
+/// payload's size, so a flood of one-byte lines would cost each recipient 32 bytes per byte —
+/// Redis copies small replies into a per-client buffer for the same reason. Copying a line of
+/// a few hundred bytes costs about as much as taking a reference; past that, sharing wins.
+pub const COPY_BELOW: usize = 512;
+
+/// The live bytes of every [`Payload`] of one server, counted once however many queues hold
+/// them: part of what `--max-memory` bounds.
+pub type Ledger = Rc<Cell<usize>>;
+
+/// Bytes queued by reference to many peers (a broadcast batch). While any queue holds it, its
+/// length is counted once in its [`Ledger`]; the last reference to go takes it off.
+pub struct Payload {
+    bytes: Rc<[u8]>,
+    ledger: Ledger,
+}
+
+impl Payload {
+    /// Account for `bytes` in `ledger` until the payload is dropped.
+    pub fn new(bytes: Rc<[u8]>, ledger: &Ledger) -> Payload {
+        ledger.set(ledger.get() + bytes.len());
+        Payload {
+            bytes,
+            ledger: ledger.clone(),
+        }
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Payload {
+    fn drop(&mut self) {
+        self.ledger.set(self.ledger.get() - self.bytes.len());
+    }
+}
+
 enum Chunk {
     Owned(Vec<u8>),
-    Shared(Rc<[u8]>),
+    Shared(Rc<Payload>),
 }
 
 impl Chunk {
     fn bytes(&self) -> &[u8] {
         match self {
             Chunk::Owned(v) => v,
-            Chunk::Shared(r) => r,
+            Chunk::Shared(p) => p.bytes(),
         }
     }
 }
@@ -40,6 +83,8 @@ pub struct OutQueue {
     front_sent: usize,
     /// Unsent bytes in total (what the `--max-buffer` limit is checked against).
     len: usize,
+    /// Heap bytes the owned chunks hold (their capacity, not just their length).
+    owned: usize,
 }
 
 impl OutQueue {
@@ -58,11 +103,18 @@ impl OutQueue {
         self.len == 0
     }
 
-    /// What the queue costs in memory, roughly: its bytes plus one slot per chunk. Output limits
-    /// are checked against this, so a queue of many tiny shared pieces (each of which costs a
-    /// slot even though its bytes are shared) is bounded too.
+    /// What the queue costs this peer, roughly: its bytes (shared ones included) plus one slot
+    /// per chunk. Per-client output limits are checked against this, so a queue of many tiny
+    /// shared pieces is bounded too.
     pub fn footprint(&self) -> usize {
         self.len + self.chunks.len() * std::mem::size_of::<Chunk>()
+    }
+
+    /// Heap memory this queue alone holds: owned chunks (by capacity) and its slots, but not
+    /// shared payloads, which are counted once in their [`Ledger`]. What `--max-memory` adds
+    /// up.
+    pub fn pinned(&self) -> usize {
+        self.owned + self.chunks.capacity() * std::mem::size_of::<Chunk>()
     }
 
     /// Append a copy of `data`.
@@ -74,19 +126,25 @@ impl OutQueue {
         if let Some(Chunk::Owned(tail)) = self.chunks.back_mut()
             && tail.len() + data.len() <= OWNED_CHUNK
         {
+            let before = tail.capacity();
             tail.extend_from_slice(data);
+            self.owned += tail.capacity() - before;
             return;
         }
-        self.chunks.push_back(Chunk::Owned(data.to_vec()));
+        let chunk = data.to_vec();
+        self.owned += chunk.capacity();
+        self.chunks.push_back(Chunk::Owned(chunk));
     }
 
-    /// Append a shared piece without copying it.
-    pub fn push_shared(&mut self, data: Rc<[u8]>) {
-        if data.is_empty() {
+    /// Append a shared payload: by reference, or copied if it is small (see [`COPY_BELOW`]).
+    pub fn push_shared(&mut self, payload: &Rc<Payload>) {
+        let bytes = payload.bytes();
+        if bytes.len() <= COPY_BELOW {
+            self.push_copy(bytes);
             return;
         }
-        self.len += data.len();
-        self.chunks.push_back(Chunk::Shared(data));
+        self.len += bytes.len();
+        self.chunks.push_back(Chunk::Shared(payload.clone()));
     }
 
     /// Fill `out` with slices of the queue's head, at most `max_bytes` in total, for one
@@ -122,7 +180,9 @@ impl OutQueue {
                 return;
             }
             n -= front_left;
-            self.chunks.pop_front();
+            if let Some(Chunk::Owned(v)) = self.chunks.pop_front() {
+                self.owned -= v.capacity();
+            }
             self.front_sent = 0;
         }
         if self.len == 0 {
@@ -161,15 +221,81 @@ mod tests {
         assert_eq!(q.chunks.capacity(), 0);
     }
 
+    fn payload(bytes: &[u8], ledger: &Ledger) -> Rc<Payload> {
+        Rc::new(Payload::new(Rc::from(bytes), ledger))
+    }
+
     #[test]
     fn test_bytes_come_out_in_order_across_chunk_kinds() {
+        let ledger = Ledger::default();
+        let big = vec![b's'; COPY_BELOW + 1];
         let mut q = OutQueue::new();
         q.push_copy(b"hello ");
-        q.push_shared(Rc::from(&b"shared "[..]));
+        q.push_shared(&payload(&big, &ledger));
         q.push_copy(b"world");
-        assert_eq!(q.len(), 18);
-        assert_eq!(drain(&mut q, 5), b"hello shared world");
+        assert_eq!(q.len(), 11 + big.len());
+        let mut want = b"hello ".to_vec();
+        want.extend_from_slice(&big);
+        want.extend_from_slice(b"world");
+        assert_eq!(drain(&mut q, 5), want);
         assert_eq!(q.chunks.capacity(), 0, "drained queue frees its buffer");
+        assert_eq!(q.pinned(), 0);
+        assert_eq!(
+            ledger.get(),
+            0,
+            "the payload is gone with its last reference"
+        );
+    }
+
+    #[test]
+    fn test_small_shared_payloads_are_copied_not_referenced() {
+        let ledger = Ledger::default();
+        let mut q = OutQueue::new();
+        for _ in 0..1000 {
+            q.push_shared(&payload(b"\n", &ledger));
+        }
+        assert_eq!(
+            q.chunks.len(),
+            1,
+            "a thousand one-byte lines cost one chunk, not 1000 slots"
+        );
+        assert_eq!(q.len(), 1000);
+        assert_eq!(ledger.get(), 0, "nothing shared is kept");
+        assert!(q.pinned() < 4096, "pinned {}", q.pinned());
+    }
+
+    #[test]
+    fn test_a_large_payload_is_counted_once_however_many_queues_hold_it() {
+        let ledger = Ledger::default();
+        let p = payload(&vec![1; 10_000], &ledger);
+        let mut queues: Vec<OutQueue> = (0..100).map(|_| OutQueue::new()).collect();
+        for q in &mut queues {
+            q.push_shared(&p);
+        }
+        drop(p);
+        assert_eq!(ledger.get(), 10_000);
+        for q in &queues {
+            assert_eq!(q.footprint(), 10_000 + std::mem::size_of::<Chunk>());
+            assert!(q.pinned() < 1000, "the payload is not pinned per queue");
+        }
+        for q in &mut queues[..99] {
+            q.consume(10_000);
+        }
+        assert_eq!(ledger.get(), 10_000, "one queue still holds it");
+        queues[99].consume(10_000);
+        assert_eq!(ledger.get(), 0);
+    }
+
+    #[test]
+    fn test_pinned_follows_owned_memory_up_and_down() {
+        let mut q = OutQueue::new();
+        q.push_copy(&[0; 40_000]);
+        q.push_copy(&[0; 100]);
+        assert!(q.pinned() >= 40_100);
+        q.consume(40_000);
+        assert!(q.pinned() >= 100 && q.pinned() < 40_000, "{}", q.pinned());
+        q.consume(100);
+        assert_eq!(q.pinned(), 0);
     }
 
     #[test]
@@ -184,39 +310,29 @@ mod tests {
 
     #[test]
     fn test_partial_consume_keeps_the_rest() {
+        let ledger = Ledger::default();
         let mut q = OutQueue::new();
         q.push_copy(&[1; 10]);
-        q.push_shared(Rc::from(&[2u8; 10][..]));
+        q.push_shared(&payload(&[2u8; 1000], &ledger));
         q.consume(13);
-        assert_eq!(q.len(), 7);
+        assert_eq!(q.len(), 997);
         let mut slices = [IoSlice::new(&[]); 4];
         assert_eq!(q.io_slices(usize::MAX, &mut slices), 1);
-        assert_eq!(&*slices[0], &[2; 7]);
+        assert_eq!(&*slices[0], &[2; 997]);
     }
 
     #[test]
     fn test_io_slices_respect_the_byte_budget_and_slice_count() {
+        let ledger = Ledger::default();
         let mut q = OutQueue::new();
         for i in 0..10u8 {
-            q.push_shared(Rc::from(&[i; 100][..]));
+            q.push_shared(&payload(&[i; 1000], &ledger));
         }
         let mut slices = [IoSlice::new(&[]); 3];
         assert_eq!(q.io_slices(usize::MAX, &mut slices), 3);
-        assert_eq!(q.io_slices(150, &mut slices), 2);
-        assert_eq!(slices[1].len(), 50);
+        assert_eq!(q.io_slices(1500, &mut slices), 2);
+        assert_eq!(slices[1].len(), 500);
         assert_eq!(q.io_slices(0, &mut slices), 0);
-    }
-
-    #[test]
-    fn test_shared_pieces_are_not_copied() {
-        let line: Rc<[u8]> = Rc::from(&b"line\n"[..]);
-        let mut a = OutQueue::new();
-        let mut b = OutQueue::new();
-        a.push_shared(line.clone());
-        b.push_shared(line.clone());
-        assert_eq!(Rc::strong_count(&line), 3);
-        a.consume(5);
-        assert_eq!(Rc::strong_count(&line), 2);
     }
 
     #[test]

@@ -23,6 +23,15 @@ pub fn fd_limit() -> usize {
     usize::try_from(rl.rlim_cur).unwrap_or(usize::MAX)
 }
 
+/// `net.core.somaxconn`: the kernel's cap on a listen backlog (None if unreadable).
+pub fn somaxconn() -> Option<usize> {
+    fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Clock ticks per second for `/proc` times (`sysconf(_SC_CLK_TCK)`, 100 on Linux).
 pub fn ticks_per_sec() -> f64 {
     // SAFETY: sysconf has no preconditions.

@@ -31,13 +31,15 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use crate::outqueue::{Ledger, Payload};
+
 /// What the room needs of a member connection.
 pub trait Mailbox {
     /// Does it still take lines? (ESTABLISHED: a member that half-closed gets what was queued
     /// before its FIN, then EOF; a closed one nothing.)
     fn takes_lines(&self) -> bool;
-    /// Queue a chunk behind what it is owed; no write yet.
-    fn queue(&mut self, chunk: Rc<[u8]>);
+    /// Queue a payload behind what it is owed; no write yet.
+    fn queue(&mut self, payload: &Rc<Payload>);
     /// Memory its output queue holds now.
     fn footprint(&self) -> usize;
     /// Disconnect it now (a reset), saying why.
@@ -138,7 +140,9 @@ pub struct Room {
     /// Slab key -> index in `seats` (or [`NO_SEAT`]). Dense, like slab keys.
     seat_of: Vec<u32>,
     /// Chunks published since the last fan-out.
-    outbox: Vec<(Origin, Rc<[u8]>, usize)>,
+    outbox: Vec<(Origin, Rc<Payload>, usize)>,
+    /// Where shared payloads are counted for `--max-memory`.
+    ledger: Ledger,
     /// Members that got chunks this turn and must be flushed before the next poll.
     flush_list: Vec<usize>,
     /// Chunks local members produced, kept for a bridge (None: no bridge attached).
@@ -151,12 +155,13 @@ pub struct Room {
 }
 
 impl Room {
-    /// An empty room held to `limits`.
-    pub fn new(limits: OutputLimits) -> Room {
+    /// An empty room held to `limits`, counting its payloads in `ledger`.
+    pub fn new(limits: OutputLimits, ledger: &Ledger) -> Room {
         Room {
             seats: Vec::new(),
             seat_of: Vec::new(),
             outbox: Vec::new(),
+            ledger: ledger.clone(),
             flush_list: Vec::new(),
             outgoing: None,
             limits,
@@ -217,7 +222,8 @@ impl Room {
             }
             Origin::Elsewhere => self.counters.lines_from_elsewhere += lines as u64,
         }
-        self.outbox.push((origin, chunk, lines));
+        let payload = Rc::new(Payload::new(chunk, &self.ledger));
+        self.outbox.push((origin, payload, lines));
     }
 
     /// Queue every published chunk to every member that takes lines, except its sender. A
@@ -230,7 +236,7 @@ impl Room {
                 if origin == Origin::Member(seat.key) || !conn.takes_lines() {
                     continue;
                 }
-                conn.queue(chunk.clone());
+                conn.queue(&chunk);
                 self.counters.lines_out += lines as u64;
                 let queued = conn.footprint();
                 if queued > self.limits.hard {
@@ -371,8 +377,8 @@ mod tests {
         fn takes_lines(&self) -> bool {
             !self.closed
         }
-        fn queue(&mut self, chunk: Rc<[u8]>) {
-            self.got.extend_from_slice(&chunk);
+        fn queue(&mut self, payload: &Rc<Payload>) {
+            self.got.extend_from_slice(payload.bytes());
             self.chunks += 1;
         }
         fn footprint(&self) -> usize {
@@ -394,7 +400,7 @@ mod tests {
     };
 
     fn room_of(n: usize) -> (Room, Slab<Fake>, Vec<usize>) {
-        let mut room = Room::new(LIMITS);
+        let mut room = Room::new(LIMITS, &Ledger::default());
         let mut conns = Slab::new();
         let keys: Vec<usize> = (0..n).map(|_| conns.insert(Fake::default())).collect();
         for &k in &keys {

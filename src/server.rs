@@ -15,9 +15,10 @@
 //!    ([`Core::visit_ready`]). A connection with work left goes back on the queue for the
 //!    next turn — edge-triggered readiness will not remind us. Lines a broadcast member sent
 //!    are fanned out to the room as soon as its visit ends;
-//! 5. **flush the room**: write to every broadcast member that got lines this turn, once, in
-//!    one vectored write — lines from several senders cost each member one syscall
-//!    ([`Core::flush_room`]). With `--bridge`, what other nodes said joins the room just
+//! 5. **bound memory**: write to every broadcast member that got lines this turn, once, in
+//!    one vectored write — lines from several senders cost each member one syscall — then, if
+//!    clients pin more than `--max-memory` in total, disconnect the largest
+//!    ([`Core::bound_memory`]). With `--bridge`, what other nodes said joins the room just
 //!    before ([`Core::bridge_in`]), and what local members said is published just after —
 //!    they have it first ([`Core::bridge_out`]);
 //! 6. **fire timers**: idle and closing timeouts, output limits, file deadlines, the stats
@@ -28,7 +29,8 @@
 //!
 //! Each step is one call into a type that owns its concern: [`Accepting`] (listeners),
 //! [`UdpEcho`], the connections ([`TcpConn`] with its sans-IO [`Connection`] core, and a
-//! [`Session`] of its service), the [`Room`], the [`Timers`], [`Stop`] and [`Drain`].
+//! [`Session`] of its service), the [`Room`], the [`Budget`], the [`Timers`], [`Stop`] and
+//! [`Drain`].
 //!
 //! # Tokens
 //!
@@ -51,6 +53,7 @@ use mio::{Events, Poll, Registry, Token, Waker};
 use slab::Slab;
 
 use crate::bridge::Bridge;
+use crate::budget::{self, Budget};
 use crate::config::Config;
 use crate::connection::{Connection, Input, Timeouts};
 use crate::lifecycle::{AbortReason, CloseReason, Phase};
@@ -58,7 +61,7 @@ use crate::listener::{self, Accepting, NewClient};
 use crate::room::{Eviction, Mailbox, Origin, OutputLimits, Room};
 use crate::service::{Action, Actions, Cx, OnStop, Service, ServiceKind, Session, Shared};
 use crate::shutdown::{Drain, Handle, Stop, StopStep};
-use crate::stats::{Snapshot, Stats, Ticker};
+use crate::stats::{Reporter, Snapshot, Stats, Ticker};
 use crate::storage::Store;
 use crate::tcp::TcpConn;
 use crate::timer::Timers;
@@ -79,6 +82,14 @@ const FIRST_CONN: usize = 16;
 /// transfer pays a loop turn per 64 KiB, small enough that one fast client delays the others by
 /// microseconds, not milliseconds.
 pub const IO_BUDGET: usize = 64 * 1024;
+
+/// Clients refused at `--max-conns` that may be closed in order at once (each holds a
+/// descriptor for up to `--close-timeout`); past it, refusals are immediate.
+const MAX_REFUSING: usize = 16;
+
+/// During a graceful stop, how often connections waiting for the peer's acknowledgement of
+/// our FIN are looked at again.
+const DRAIN_RECHECK: Duration = Duration::from_millis(20);
 
 /// Events taken from the kernel per `poll`.
 const EVENTS_CAPACITY: usize = 1024;
@@ -126,6 +137,10 @@ struct Client {
     queued: bool,
     /// The time of this connection's entry in the timer queue that counts (see `timer.rs`).
     timer_at: Option<Instant>,
+    /// What this client pinned when the budget last heard of it (see `budget.rs`).
+    pinned: usize,
+    /// Turned away at `--max-conns`, and being closed in order.
+    refused: bool,
 }
 
 /// Everything but the poller, so the loop can iterate the events while mutating the rest.
@@ -143,12 +158,19 @@ struct Core {
     room: Room,
     /// The Redis link that spans the room over several processes (`--bridge`; None: no cost).
     bridge: Option<Bridge>,
+    /// Clients refused at `--max-conns` that are still being closed in order.
+    refusing: usize,
+    /// `--max-memory`: what every client pins, in total.
+    budget: Budget,
     /// What the services share: the store, their limits, the counters.
     shared: Shared,
     timers: Timers,
     stop: Stop,
     drain: Drain,
+    /// During a drain, when to look again for connections the peer has acknowledged.
+    drain_recheck: Option<Instant>,
     ticker: Ticker,
+    reporter: Reporter,
     scratch: Box<[u8]>,
     bound: Vec<Bound>,
     next_id: u64,
@@ -159,6 +181,7 @@ struct Core {
 impl Server {
     /// Bind every configured socket and set up the poller. Errors name the socket that failed.
     pub fn bind(config: Config) -> io::Result<Server> {
+        let warnings = config.check_against_system();
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
         let handle = Handle::new(Waker::new(&registry, WAKER)?);
@@ -183,12 +206,32 @@ impl Server {
             None => None,
         };
 
+        // The operator's view, as Redis gives it at start-up: what runs, and within what.
+        let services: Vec<String> = bound
+            .iter()
+            .map(|b| format!("{} {} {}", b.service, b.service.proto(), b.addr))
+            .collect();
+        info!(
+            "resound {} (pid {}) serving {}; {}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            services.join(", "),
+            config.limits_summary()
+        );
+        for warning in warnings {
+            warn!("{warning}");
+        }
+
         let now = Instant::now();
-        let mut room = Room::new(OutputLimits {
-            hard: config.bcast_hard_limit,
-            soft: config.bcast_soft_limit,
-            soft_time: config.bcast_soft_time,
-        });
+        let budget = Budget::new(config.max_memory);
+        let mut room = Room::new(
+            OutputLimits {
+                hard: config.bcast_hard_limit,
+                soft: config.bcast_soft_limit,
+                soft_time: config.bcast_soft_time,
+            },
+            budget.ledger(),
+        );
         let bridge = match &config.bridge {
             Some(_) if config.broadcast.is_none() => {
                 return Err(io::Error::new(
@@ -219,6 +262,8 @@ impl Server {
                 closed: Vec::new(),
                 room,
                 bridge,
+                budget,
+                refusing: 0,
                 shared: Shared {
                     store,
                     max_line: config.max_line,
@@ -228,7 +273,9 @@ impl Server {
                 timers: Timers::new(),
                 stop,
                 drain: Drain::Serving,
+                drain_recheck: None,
                 ticker: Ticker::new(config.stats_interval, now),
+                reporter: Reporter::default(),
                 scratch: vec![0; SCRATCH.max(udp::MAX_DATAGRAM)].into_boxed_slice(),
                 bound,
                 next_id: 1,
@@ -337,6 +384,7 @@ impl Core {
             || self.accepting.ready()
             || self.udp.as_ref().is_some_and(UdpEcho::ready)
             || self.stop.pending()
+            || self.budget.over()
             || self.bridge.as_ref().is_some_and(Bridge::busy)
         {
             return Some(Duration::ZERO);
@@ -344,8 +392,10 @@ impl Core {
         let deadline = [
             self.timers.next_deadline(),
             self.drain.deadline(),
+            self.drain_recheck,
             self.accepting.deadline(),
             self.ticker.next(),
+            self.budget.give_back_at(),
             self.bridge.as_ref().and_then(Bridge::deadline),
         ]
         .into_iter()
@@ -387,7 +437,7 @@ impl Core {
         self.take_in(); // 3
         self.visit_ready(); // 4
         self.bridge_in(); // 5, with --bridge
-        self.flush_room(); // 5
+        self.bound_memory(); // 5
         self.bridge_out(); // 5, with --bridge
         self.fire_timers(); // 6
         self.sweep(); // 7
@@ -420,7 +470,10 @@ impl Core {
 
     /// Take a new client in, or turn it away if `--max-conns` is reached.
     fn admit(&mut self, new: NewClient) {
-        if self.clients.len() >= self.config.max_conns {
+        let full = self.clients.len() - self.refusing >= self.config.max_conns;
+        if full && self.refusing >= MAX_REFUSING {
+            // Too many are being refused already: the short way (a client that already sent
+            // data may see a reset instead of the line).
             self.accepting
                 .turn_away(new, self.now, "--max-conns reached");
             return;
@@ -445,16 +498,31 @@ impl Core {
             "conn {id} {} LISTEN -> ESTABLISHED (accepted on {})",
             new.peer, new.service
         );
-        if session.kind() == ServiceKind::Broadcast {
-            self.room.join(key);
+        if full {
+            // Refused the long way, as a lingering close: the line, our FIN after it, then
+            // whatever the client sent is read and discarded until its FIN (or the close
+            // timeout). Closing at once with its data unread would make the kernel answer
+            // with a reset, which can destroy the line before the client reads it.
+            tcp.send(listener::TOO_MANY);
+            tcp.core
+                .close(CloseReason::Protocol("too many connections"));
+            self.accepting
+                .count_refusal(self.now, "--max-conns reached");
+            self.refusing += 1;
+        } else {
+            if session.kind() == ServiceKind::Broadcast {
+                self.room.join(key);
+            }
+            self.shared.stats.accepted += 1;
         }
         entry.insert(Client {
             tcp,
             session,
             queued: false,
             timer_at: None,
+            pinned: 0,
+            refused: full,
         });
-        self.shared.stats.accepted += 1;
         self.after_visit(key);
     }
 
@@ -526,7 +594,9 @@ impl Core {
         }
 
         // A graceful stop closes a connection once it has served what was pending and owes
-        // nothing — and, for a broadcast member, once the room allows it.
+        // nothing — and, for a broadcast member, once the room allows it. If the kernel holds
+        // nothing either way, it is released at once; otherwise our FIN goes out after what
+        // is owed, and the connection is released when the peer has acknowledged it all.
         if client.tcp.core.phase() == Phase::Established
             && client.tcp.core.is_drained()
             && self.room.may_close(key)
@@ -539,6 +609,9 @@ impl Core {
                 now,
                 |s, cx| s.on_drained(cx),
             );
+            if client.tcp.kernel_idle() {
+                client.tcp.core.release();
+            }
             client.tcp.core.close(CloseReason::Shutdown);
         }
         // The sender is released: its lines can go to the others.
@@ -553,6 +626,11 @@ impl Core {
         let client = &mut self.clients[key];
         client.tcp.core.settle(now, &self.timeouts);
         client.tcp.carry_out(&self.registry, token(key));
+        let pinned = client.tcp.core.pinned() + client.session.buffered();
+        if pinned != client.pinned {
+            self.budget.account(client.pinned, pinned);
+            client.pinned = pinned;
+        }
         if client.tcp.core.phase() == Phase::Closed {
             self.closed.push(key);
             return;
@@ -577,10 +655,11 @@ impl Core {
         }
     }
 
-    // ------------------------------------------------------------------ 5. flush the room
+    // ------------------------------------------------------------------ 5. bound memory
 
-    /// Step 5: write out what the room queued this turn, one vectored write per member.
-    fn flush_room(&mut self) {
+    /// Step 5: write out what the room queued this turn (one vectored write per member), then
+    /// hold the memory budget.
+    fn bound_memory(&mut self) {
         let list = self.room.take_flush_list();
         for &key in &list {
             let client = &mut self.clients[key];
@@ -588,6 +667,33 @@ impl Core {
             self.after_visit(key);
         }
         self.room.recycle_flush_list(list);
+        if self.budget.over() {
+            self.hold_budget();
+        }
+    }
+
+    /// Over `--max-memory`: disconnect the clients pinning the most, until under (at most
+    /// [`budget::EVICTIONS_PER_TURN`] this turn; the next turn goes on).
+    fn hold_budget(&mut self) {
+        let candidates = self.clients.iter().filter_map(|(key, c)| {
+            let core = &c.tcp.core;
+            (core.queued() > 0 && core.phase() != Phase::Closed).then(|| (core.footprint(), key))
+        });
+        for (footprint, key) in Budget::rank(candidates) {
+            if !self.budget.over() {
+                break;
+            }
+            let core = &mut self.clients[key].tcp.core;
+            warn!(
+                "evicted {}: {footprint} bytes pinned, over --max-memory of {} (conn {})",
+                core.peer(),
+                self.budget.limit(),
+                core.id()
+            );
+            core.abort(AbortReason::Evicted("over --max-memory"));
+            self.budget.note_eviction();
+            self.after_visit(key);
+        }
     }
 
     /// Step 5, with `--bridge` only, before the flush: drive the Redis link's timers, connects
@@ -654,8 +760,16 @@ impl Core {
             clients.get(key).is_some_and(|c| c.timer_at == Some(at))
         });
 
-        if self.ticker.due(now) || self.stop.take_stats_wanted() {
-            info!("stats: {}", self.snapshot());
+        if self.budget.should_give_back(now) {
+            budget::give_back();
+        }
+        if self.stop.take_stats_wanted() {
+            info!("stats: {}", self.snapshot()); // asked for: always
+        }
+        if self.ticker.due(now)
+            && let Some(line) = self.reporter.periodic(now, self.snapshot())
+        {
+            info!("stats: {line}");
         }
         self.check_drain();
     }
@@ -674,9 +788,14 @@ impl Core {
             {
                 let client = self.clients.remove(key);
                 self.room.leave(key);
+                self.budget.account(client.pinned, 0);
                 let core = &client.tcp.core;
                 let stats = &mut self.shared.stats;
-                stats.closed += 1;
+                if client.refused {
+                    self.refusing -= 1;
+                } else {
+                    stats.closed += 1;
+                }
                 stats.bytes_in += core.bytes_in();
                 stats.bytes_out += core.bytes_out();
                 stats.discarded += core.discarded();
@@ -697,7 +816,8 @@ impl Core {
     /// has no unread input and no unsent output.
     fn begin_drain(&mut self) {
         info!(
-            "shutting down: listeners closed, draining {} connection(s) for at most {:?}",
+            "shutting down: listeners closed, draining {} connection(s) for at most {:?} \
+             (a second SIGINT or SIGTERM stops at once)",
             self.clients.len(),
             self.config.drain_timeout
         );
@@ -726,6 +846,7 @@ impl Core {
         if !self.drain.stopping() {
             return;
         }
+        self.release_acknowledged();
         if self.drain.expired(self.now) && !self.clients.is_empty() {
             warn!(
                 "drain timeout: closing {} connection(s) that did not finish",
@@ -741,6 +862,33 @@ impl Core {
                 enqueue(&mut self.run_queue, &mut self.clients[key], key);
             }
         }
+    }
+
+    /// During a drain: release every connection whose FIN the peer has acknowledged with all
+    /// that came before it. Waiting for the peer's own FIN would hold the stop for a client
+    /// that is simply idle — it has everything and may never close. Readiness does not report
+    /// an acknowledgement, so these are looked at every [`DRAIN_RECHECK`] while any remains.
+    fn release_acknowledged(&mut self) {
+        if self.drain_recheck.is_some_and(|t| t > self.now) {
+            return;
+        }
+        let mut released = Vec::new();
+        let mut waiting = false;
+        for (key, client) in self.clients.iter_mut() {
+            if client.tcp.core.phase() != Phase::FinWait2 {
+                continue;
+            }
+            if client.tcp.kernel_idle() {
+                client.tcp.core.release();
+                released.push(key);
+            } else {
+                waiting = true;
+            }
+        }
+        for key in released {
+            self.after_visit(key);
+        }
+        self.drain_recheck = waiting.then(|| self.now + DRAIN_RECHECK);
     }
 
     fn abort_all(&mut self) {
@@ -770,7 +918,7 @@ impl Core {
         let room = self.room.counters();
         totals.lines_in = room.lines_in;
         totals.lines_out = room.lines_out;
-        totals.evicted = room.evicted;
+        totals.evicted = room.evicted + self.budget.evicted();
         totals.rejected += self.accepting.rejected;
         if let Some(bridge) = &self.bridge {
             let c = bridge.counters();
@@ -863,8 +1011,8 @@ impl Mailbox for Client {
         self.tcp.core.phase() == Phase::Established
     }
 
-    fn queue(&mut self, chunk: std::rc::Rc<[u8]>) {
-        self.tcp.core.queue_shared(chunk);
+    fn queue(&mut self, payload: &std::rc::Rc<crate::outqueue::Payload>) {
+        self.tcp.core.queue_shared(payload);
     }
 
     fn footprint(&self) -> usize {

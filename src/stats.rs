@@ -49,6 +49,7 @@ pub struct Stats {
 }
 
 /// Stats plus the number of live connections in each phase: what a stats line prints.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     /// The counters.
     pub totals: Stats,
@@ -94,6 +95,69 @@ impl fmt::Display for Snapshot {
     }
 }
 
+/// Per-second rates between two snapshots: what the periodic stats line adds.
+pub struct Rates {
+    /// Connections accepted per second.
+    pub accepted: f64,
+    /// Bytes read per second.
+    pub bytes_in: f64,
+    /// Bytes written per second.
+    pub bytes_out: f64,
+    /// Broadcast deliveries per second.
+    pub lines_out: f64,
+    /// UDP datagrams received per second.
+    pub udp_in: f64,
+}
+
+impl Rates {
+    /// The rates from `before` to `after`, `secs` apart.
+    pub fn between(before: &Stats, after: &Stats, secs: f64) -> Rates {
+        let per_s = |a: u64, b: u64| b.saturating_sub(a) as f64 / secs.max(1e-9);
+        Rates {
+            accepted: per_s(before.accepted, after.accepted),
+            bytes_in: per_s(before.bytes_in, after.bytes_in),
+            bytes_out: per_s(before.bytes_out, after.bytes_out),
+            lines_out: per_s(before.lines_out, after.lines_out),
+            udp_in: per_s(before.udp_in, after.udp_in),
+        }
+    }
+}
+
+impl fmt::Display for Rates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "accepted/s={:.0} bytes_in/s={:.0} bytes_out/s={:.0} lines_out/s={:.0} udp_in/s={:.0}",
+            self.accepted, self.bytes_in, self.bytes_out, self.lines_out, self.udp_in
+        )
+    }
+}
+
+/// What the periodic stats line remembers: the last snapshot it printed, and when.
+#[derive(Default)]
+pub struct Reporter {
+    last: Option<(Instant, Snapshot)>,
+}
+
+impl Reporter {
+    /// The periodic line for `snapshot` taken at `now`: None if nothing changed since the
+    /// last one printed (an idle server does not repeat itself every interval), else the
+    /// snapshot followed by the rates since then.
+    pub fn periodic(&mut self, now: Instant, snapshot: Snapshot) -> Option<String> {
+        let line = match &self.last {
+            Some((_, last)) if *last == snapshot => return None,
+            Some((then, last)) => {
+                let secs = now.saturating_duration_since(*then).as_secs_f64();
+                let rates = Rates::between(&last.totals, &snapshot.totals, secs);
+                format!("{snapshot} {rates}")
+            }
+            None => snapshot.to_string(),
+        };
+        self.last = Some((now, snapshot));
+        Some(line)
+    }
+}
+
 /// When the periodic stats line is due (`--stats-interval`).
 pub struct Ticker {
     interval: Option<Duration>,
@@ -130,6 +194,36 @@ impl Ticker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn snap(accepted: u64, bytes_in: u64) -> Snapshot {
+        Snapshot {
+            totals: Stats {
+                accepted,
+                bytes_in,
+                ..Stats::default()
+            },
+            phases: [accepted as usize, 0, 0, 0, 0, 0],
+        }
+    }
+
+    #[test]
+    fn test_periodic_line_is_skipped_while_nothing_changes_and_carries_rates() {
+        let t0 = Instant::now();
+        let mut r = Reporter::default();
+        assert!(r.periodic(t0, snap(1, 10)).is_some(), "the first line");
+        let s = Duration::from_secs(1);
+        assert_eq!(
+            r.periodic(t0 + s, snap(1, 10)),
+            None,
+            "idle: nothing printed"
+        );
+        assert_eq!(r.periodic(t0 + 2 * s, snap(1, 10)), None);
+        let line = r.periodic(t0 + 4 * s, snap(5, 410)).unwrap();
+        assert!(
+            line.ends_with("accepted/s=1 bytes_in/s=100 bytes_out/s=0 lines_out/s=0 udp_in/s=0"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn test_snapshot_line_names_every_open_phase() {

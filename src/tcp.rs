@@ -102,6 +102,17 @@ impl TcpConn {
         if rc == 0 { pending.max(0) as u64 } else { 0 }
     }
 
+    /// Is the kernel done with this socket both ways: no byte received and unread
+    /// (`FIONREAD`), none sent and unacknowledged by the peer (`SIOCOUTQ`; a sent FIN counts
+    /// until it is acknowledged)? Then a graceful stop may release it at once.
+    pub fn kernel_idle(&self) -> bool {
+        let mut unacked: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int: bytes in the send queue, not yet
+        // acknowledged.
+        let rc = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::TIOCOUTQ, &mut unacked) };
+        rc == 0 && unacked == 0 && self.unread_in_kernel() == 0
+    }
+
     /// Carry out every effect the core asks for. A failure is reported back to the core (which
     /// then closes the connection), never ignored.
     pub fn carry_out(&mut self, registry: &Registry, token: Token) {

@@ -135,3 +135,39 @@ fn stats_interval_logs_phases_and_counters() {
     assert_eq!(stat(&line, "conns"), 1);
     assert_eq!(stat(&line, "bytes_in"), 5);
 }
+
+/// A fatal error reaches stderr in the one style whatever RUST_LOG says: logging off, or a
+/// filter that names no module of ours.
+#[test]
+fn fatal_errors_reach_stderr_whatever_rust_log_says() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for filter in ["off", "bogus"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_resound"))
+            .args(["serve", "--echo", &addr])
+            .env("RUST_LOG", filter)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("resound serve: cannot bind echo tcp {addr}: ")),
+            "RUST_LOG={filter}: {stderr}"
+        );
+    }
+}
+
+/// The start-up line names the version, the services and the effective limits; a
+/// `--max-conns` beyond what the descriptor limit allows is said so.
+#[test]
+fn startup_line_shows_the_effective_limits_and_warns_when_beyond_the_system() {
+    let server = ServerProcess::start(&["--echo", "127.0.0.1:0", "--max-conns", "100m"], 1);
+    let line = server.wait_for_log("resound 0.1.0");
+    let addr = server.addr("echo");
+    assert!(line.contains(&format!("serving echo tcp {addr}")), "{line}");
+    for limit in ["max conns ", "fd limit ", "listen backlog ", "max memory "] {
+        assert!(line.contains(limit), "no {limit:?} in {line}");
+    }
+    let warning = server.wait_for_log("--max-conns");
+    assert!(warning.contains("clients will be served"), "{warning}");
+}

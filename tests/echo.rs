@@ -182,6 +182,38 @@ fn max_conns_turns_clients_away_with_a_reason() {
     assert_eq!(totals.rejected, 1);
 }
 
+/// A client turned away at `--max-conns` that had already sent data still receives its error
+/// line and an orderly EOF: the server reads and discards what it sent before closing, instead
+/// of closing with data unread (which makes the kernel send a reset).
+#[test]
+fn refused_client_that_already_sent_data_still_reads_its_reason() {
+    let server = start(|c| c.max_conns = 1);
+    let mut a = connect_echo(&server);
+    a.write_all(b"hi").unwrap();
+    let mut back = [0; 2];
+    a.read_exact(&mut back).unwrap();
+
+    for _ in 0..5 {
+        let mut late = connect_echo(&server);
+        let writer = {
+            let mut w = late.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let _ = w.write_all(&pattern(0, 256 << 10));
+                let _ = w.shutdown(Shutdown::Write);
+            })
+        };
+        let mut got = Vec::new();
+        late.read_to_end(&mut got)
+            .expect("an orderly EOF after the line, not a reset");
+        assert_eq!(got, b"error: too many connections\n");
+        writer.join().unwrap();
+    }
+    drop(a);
+    let totals = server.stop().unwrap();
+    assert_eq!(totals.rejected, 5);
+    assert_eq!(totals.accepted, 1);
+}
+
 /// With `--idle-timeout`, a silent client is closed in order (it reads EOF, not a reset),
 /// while a client that keeps talking stays.
 #[test]

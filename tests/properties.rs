@@ -37,6 +37,8 @@ enum Op {
     Abort,
     /// Time passes (seconds).
     Wait(u8),
+    /// A graceful stop releases the connection if it owes nothing.
+    Release,
 }
 
 /// Byte counts: mostly small (so queues empty and refill often, where the rules bite), some
@@ -56,6 +58,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Close),
         1 => Just(Op::Abort),
         1 => (0u8..20).prop_map(Op::Wait),
+        1 => Just(Op::Release),
     ]
 }
 
@@ -124,6 +127,7 @@ fn apply(c: &mut Connection, op: &Op, ledger: &mut Ledger, now: &mut Instant) {
             }
         }
         Op::Close => c.close(CloseReason::Shutdown),
+        Op::Release => c.release(),
         Op::Abort => {
             if c.phase() != Phase::Closed {
                 ledger.aborted = true;

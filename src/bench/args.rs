@@ -18,17 +18,27 @@ Modes and their defaults:
   connect    50 connects in progress; each echoes a 1-byte probe, then closes (--size 0: none)
   idle       1000 connections, each confirmed by a 1-byte probe, held for --duration
 
-Counts take decimal suffixes (10k = 10 000), sizes binary ones (64k = 65 536).
-Exit status: 0 = every payload intact and no error; 1 = errors (corrupt, lost, closed, ...);
-2 = usage error.")]
+Addresses: IP:PORT, [v6]:PORT, HOST:PORT, or PORT / :PORT for 127.0.0.1:PORT; several
+targets (-t A,B) share the connections round robin. Counts take decimal suffixes (10k =
+10 000), sizes binary ones (64k = 65 536), durations seconds or a unit (0.5, 1500ms, 2m).
+Exit status: 0 = every payload intact and no error; 1 = errors (corrupt, lost, closed, ...),
+nothing measured, or a setup that opened nothing (the message says why); 2 = usage error.")]
+/// `resound bench`'s arguments (see `resound bench --help`).
 pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
     pub mode: Mode,
 
-    /// The server: IP:PORT.
-    #[arg(short = 't', long, value_name = "ADDR", value_parser = parse_connect_addr)]
-    pub target: SocketAddr,
+    /// The server, or several (A,B,...: connections, or UDP sockets, round robin).
+    #[arg(
+        short = 't',
+        long,
+        value_name = "ADDR[,ADDR...]",
+        value_parser = parse_connect_addr,
+        value_delimiter = ',',
+        required = true
+    )]
+    pub target: Vec<SocketAddr>,
 
     /// Connections (echo, idle), sockets (udp), receivers (broadcast), or connects in progress
     /// at once (connect).
@@ -57,6 +67,11 @@ pub struct BenchArgs {
     #[arg(short = 'r', long, value_name = "R", value_parser = parse_count)]
     pub rate: Option<usize>,
 
+    /// Open loop: a rate not reached (operations the generator could not send on time) is an
+    /// error, exit status 1; without it, only a line of the report.
+    #[arg(long)]
+    pub strict_rate: bool,
+
     /// Connections opened per second (connect: cycles; other modes: during setup).
     #[arg(long, value_name = "R", value_parser = parse_count)]
     pub connect_rate: Option<usize>,
@@ -78,7 +93,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", value_parser = parse_count)]
     pub src_ips: Option<usize>,
 
-    /// UDP: set SO_BROADCAST, so --target may be a broadcast address.
+    /// UDP: set SO_BROADCAST, so --target may be a broadcast address (e.g. 127.255.255.255:PORT;
+    /// the server must listen on 0.0.0.0:PORT to hear it).
     #[arg(long)]
     pub broadcast: bool,
 
@@ -114,7 +130,9 @@ pub struct BenchArgs {
 impl BenchArgs {
     /// The run these arguments describe (each mode's defaults for what is not given).
     pub fn into_plan(self) -> Plan {
-        let mut plan = Plan::new(self.mode, self.target);
+        let first = self.target[0];
+        let mut plan = Plan::new(self.mode, first);
+        plan.targets = self.target;
         if let Some(c) = self.connections {
             plan.connections = c;
         }
@@ -127,6 +145,7 @@ impl BenchArgs {
         }
         plan.pipeline = self.pipeline;
         plan.rate = self.rate.map(|r| r as f64);
+        plan.strict_rate = self.strict_rate;
         plan.connect_rate = self.connect_rate.map(|r| r as f64);
         plan.senders = self.senders;
         plan.window = self.window;
@@ -138,6 +157,8 @@ impl BenchArgs {
         plan.drain = self.drain;
         plan.setup_timeout = self.setup_timeout;
         plan.quiet = self.quiet;
+        // The progress lines and the JSON series show them; a quiet text run needs neither.
+        plan.per_second_latency = !self.quiet || self.json;
         plan.label = self.label;
         plan
     }
@@ -205,6 +226,24 @@ mod tests {
     }
 
     #[test]
+    fn test_several_targets_and_the_port_alone() {
+        let p = plan(&["broadcast", "-t", "127.0.0.1:7001,7002", "--strict-rate"]);
+        let want: Vec<SocketAddr> = vec![
+            "127.0.0.1:7001".parse().unwrap(),
+            "127.0.0.1:7002".parse().unwrap(),
+        ];
+        assert_eq!(p.targets, want);
+        assert!(p.strict_rate);
+        let p = plan(&["echo", "-t", ":7000", "-d", "1500ms", "--warmup", "1m"]);
+        assert_eq!(
+            p.targets,
+            vec!["127.0.0.1:7000".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(p.duration, Duration::from_millis(1500));
+        assert_eq!(p.warmup, Duration::from_secs(60));
+    }
+
+    #[test]
     fn test_probe_size_may_be_zero_and_bad_values_are_usage_errors() {
         assert_eq!(
             plan(&["connect", "-t", "127.0.0.1:1", "--size", "0"]).size,
@@ -231,6 +270,14 @@ mod tests {
         let p = plan(&["udp", "-t", "127.0.0.1:1", "--size", "8"]);
         assert!(p.validate().is_err());
         let p = plan(&["echo", "-t", "127.0.0.1:1", "--size", "0"]);
+        assert!(p.validate().is_err());
+        // A library caller can build any plan: durations that could overflow a deadline are
+        // refused here too.
+        let mut p = plan(&["echo", "-t", "127.0.0.1:1"]);
+        p.drain = Duration::MAX;
+        assert!(p.validate().unwrap_err().contains("--drain"));
+        p.drain = Duration::ZERO;
+        p.pipeline = 1 << 30;
         assert!(p.validate().is_err());
     }
 }

@@ -15,16 +15,23 @@
 //! receivers increment, the sender's worker reads — so the window works across threads.
 //! A line that some receiver never gets would stall the window for good, so after
 //! [`STALL`] without progress the sender gives up on it (counted as a timeout).
+//!
+//! **Counted once.** A damaged line whose header still reads is corrupt, and its sequence number
+//! is taken as seen (it arrived), so it does not open a gap too. A line too damaged to name its
+//! sender will show up as a gap as well; such a gap is put down to the damaged line (one error,
+//! not two). Lines a sender never managed to write (the server stopped reading it) were not
+//! sent, and are not counted as lost at the receivers.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
 
 use super::dial::Dialer;
-use super::line::{self, Line, SeqOutcome, SeqTrack};
+use super::line::{self, Line, LineError, SeqOutcome, SeqTrack};
 use super::pacing::{Pacer, share};
-use super::pool::{LinkEvent, LinkState, Pool, ReadResult, connect_wake};
+use super::pool::{Fault, Hangup, LinkEvent, LinkState, Pool, ReadEnd, connect_wake};
 use super::worker::{Cx, Driver, WorkerResult};
 use super::{Plan, Shared};
 
@@ -109,6 +116,8 @@ pub struct Peer {
     /// What has been seen of each sender.
     tracks: Vec<SeqTrack>,
     synced: bool,
+    /// Damaged lines whose sender could not be read: the next gap is theirs (see the module doc).
+    unplaced: u64,
     // --- senders only ---
     out: Vec<u8>,
     out_sent: usize,
@@ -116,6 +125,16 @@ pub struct Peer {
     pacer: Option<Pacer>,
     last_progress: Option<Instant>,
     last_sync: Option<Instant>,
+}
+
+/// What every line handled in one read shares.
+struct Reading<'a> {
+    size: usize,
+    senders: usize,
+    /// One clock for the whole batch, in the lines' unit (ns since the epoch).
+    now_ns: u64,
+    /// Connections of this driver that saw their first sync line.
+    synced: &'a mut u64,
 }
 
 pub struct Broadcast {
@@ -128,6 +147,8 @@ pub struct Broadcast {
     started: bool,
     /// Indexes of this worker's sender links.
     sender_links: Vec<usize>,
+    /// Connections that have seen a sync line.
+    synced: u64,
 }
 
 impl Broadcast {
@@ -159,144 +180,56 @@ impl Broadcast {
             connect_pacer,
             started: false,
             sender_links,
+            synced: 0,
         }
     }
 
     /// Read everything link `i` has and handle each complete line.
     fn read(&mut self, cx: &mut Cx, i: usize) {
-        // One clock for the whole batch, in the lines' unit (ns since the epoch).
-        let now_ns = cx.now.saturating_duration_since(cx.shared.epoch).as_nanos() as u64;
-        loop {
-            let n = match self.pool.read(i, cx.buf) {
-                ReadResult::Data(n) => n,
-                ReadResult::WouldBlock => return,
-                ReadResult::Eof | ReadResult::Failed => return self.kill(cx, i),
-            };
-            let mut rest = 0;
-            loop {
-                // Fast path: a line of exactly our size ends where it should, so skip the byte
-                // by byte search. (Safe: a newline hidden inside those bytes would fail the
-                // check of the line's body and be counted as corrupt, and the next search
-                // finds the true boundary again.)
-                let whole = rest + self.size <= n && cx.buf[rest + self.size - 1] == b'\n';
-                let end = if whole && self.pool.links[i].st.partial.is_empty() {
-                    rest + self.size - 1
-                } else if let Some(nl) = cx.buf[rest..n].iter().position(|&b| b == b'\n') {
-                    rest + nl
-                } else {
-                    break;
-                };
-                let mut partial = std::mem::take(&mut self.pool.links[i].st.partial);
-                if partial.is_empty() {
-                    self.handle_line(cx, i, rest, end, None, now_ns);
-                } else {
-                    partial.extend_from_slice(&cx.buf[rest..end]);
-                    self.handle_line(cx, i, 0, 0, Some(&partial), now_ns);
-                    partial.clear();
-                }
-                self.pool.links[i].st.partial = partial;
-                rest = end + 1;
-            }
-            let st = &mut self.pool.links[i].st;
-            st.partial.extend_from_slice(&cx.buf[rest..n]);
-            if st.partial.len() > self.size + MAX_PREFIX {
-                cx.tally.errors.corrupt += 1;
-                st.partial.clear();
-            }
-            if n < cx.buf.len() && !self.pool.links[i].hup {
-                return;
-            }
-        }
-    }
-
-    /// One complete line: `cx.buf[from..to]`, or `joined` if it spanned two reads.
-    fn handle_line(
-        &mut self,
-        cx: &mut Cx,
-        i: usize,
-        from: usize,
-        to: usize,
-        joined: Option<&[u8]>,
-        now_ns: u64,
-    ) {
-        let text = joined.unwrap_or(&cx.buf[from..to]);
-        let decoded = line::decode(&cx.shared.filler, text, self.size);
-        let peer = &mut self.pool.links[i].st;
-        let errors = &mut cx.tally.errors;
-        let (sender, seq, sent_ns) = match decoded {
-            Err(_) => return errors.corrupt += 1,
-            Ok(Line::Sync) => {
-                if peer.sender == Some(0) {
-                    errors.self_delivered += 1;
-                } else if !peer.synced {
-                    peer.synced = true;
-                    cx.shared.synced.fetch_add(1, Ordering::Relaxed);
-                }
-                return;
-            }
-            Ok(Line::Data {
-                sender,
-                seq,
-                sent_ns,
-            }) => (sender, seq, sent_ns),
+        let mut reading = Reading {
+            size: self.size,
+            senders: self.senders,
+            now_ns: cx.now.saturating_duration_since(cx.shared.epoch).as_nanos() as u64,
+            synced: &mut self.synced,
         };
-        if sender as usize >= self.senders {
-            return errors.corrupt += 1;
-        }
-        if peer.sender == Some(sender) {
-            return errors.self_delivered += 1;
-        }
-        match peer.tracks[sender as usize].observe(seq) {
-            SeqOutcome::InOrder => {}
-            SeqOutcome::Gap(n) => errors.lost += n,
-            SeqOutcome::Reordered => {
-                // It was counted lost when the gap opened; it is late instead.
-                errors.lost = errors.lost.saturating_sub(1);
-                errors.reordered += 1;
-            }
-            SeqOutcome::Duplicate => return errors.duplicated += 1,
-        }
-        cx.shared.windows[sender as usize].deliver(seq);
-        if let Some(tl) = &cx.timeline {
-            let latency = Duration::from_nanos(now_ns.saturating_sub(sent_ns));
-            cx.tally.complete(tl, cx.now, latency, self.size as u64);
+        let end = self.pool.read_all(cx, i, |cx, peer, got| {
+            take_lines(cx, peer, got, &mut reading);
+            ControlFlow::<()>::Continue(())
+        });
+        if let ReadEnd::Hangup(how) = end {
+            self.kill(cx, i, how);
         }
     }
 
-    /// The server closed or reset link `i`.
-    fn kill(&mut self, cx: &mut Cx, i: usize) {
-        cx.tally.errors.closed += 1;
+    /// The server closed or reset link `i` (or a write to it failed).
+    fn kill(&mut self, cx: &mut Cx, i: usize, how: Hangup) {
         if self.pool.links[i].state == LinkState::Open {
             cx.shared.live.fetch_sub(1, Ordering::Relaxed);
         }
-        self.pool.close(i, LinkState::Dead);
+        self.pool.fail(cx, i, Fault::Closed(how), LinkState::Dead);
     }
 
     /// Write what sender link `i` has queued.
     fn flush(&mut self, cx: &mut Cx, i: usize) {
+        let st = &self.pool.links[i].st;
+        if st.out_sent == st.out.len() {
+            return;
+        }
         // The queue is taken out of the link while the pool writes it (one borrow at a time).
-        let mut out = std::mem::take(&mut self.pool.links[i].st.out);
-        let mut sent = self.pool.links[i].st.out_sent;
-        let mut failed = false;
-        while sent < out.len() {
-            match self.pool.write(i, &out[sent..]) {
-                Ok(0) => break,
-                Ok(n) => sent += n,
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        if sent == out.len() {
-            out.clear();
-            sent = 0;
-        }
+        let out = std::mem::take(&mut self.pool.links[i].st.out);
+        let from = self.pool.links[i].st.out_sent;
+        let written = self.pool.write_some(i, &out[from..]);
         let st = &mut self.pool.links[i].st;
         st.out = out;
-        st.out_sent = sent;
-        if failed {
-            self.kill(cx, i);
+        match written {
+            Ok(n) => {
+                st.out_sent += n;
+                if st.out_sent == st.out.len() {
+                    st.out.clear();
+                    st.out_sent = 0;
+                }
+            }
+            Err(e) => self.kill(cx, i, Hangup::Failed(e)),
         }
     }
 
@@ -311,14 +244,19 @@ impl Broadcast {
         match state {
             LinkState::Open => {}
             // Gone for good: it will send nothing more.
-            LinkState::Dead => return w.done.store(true, Ordering::Release),
+            LinkState::Dead => {
+                if let Some(tl) = cx.timeline {
+                    close_schedule(cx, peer, tl.measure_until);
+                }
+                return w.done.store(true, Ordering::Release);
+            }
             // Still connecting (setup): it may yet send. Marking it done here once let a
             // worker in the drain see this window "finished" whenever its receivers had
             // caught up, and stop reading while the sender sent one more window (found as a
             // flaky test: exactly one window lost at the other thread's receivers).
             LinkState::Unopened | LinkState::Connecting(_) => return,
         }
-        if cx.timeline.is_none() {
+        let Some(tl) = cx.timeline else {
             let due = peer.last_sync.is_none_or(|t| cx.now >= t + SYNC_EVERY);
             if cx.syncing && s == 0 && due && peer.out.is_empty() {
                 peer.out.extend_from_slice(line::SYNC);
@@ -326,10 +264,10 @@ impl Broadcast {
                 peer.last_sync = Some(cx.now);
             }
             return self.flush(cx, i);
-        }
-        let tl = cx.timeline.expect("running");
+        };
         if !tl.sending(cx.now) {
             // This turn sends nothing and no later one will: every line is published.
+            close_schedule(cx, peer, tl.measure_until);
             w.done.store(true, Ordering::Release);
         }
         let expected = shared.live.load(Ordering::Relaxed).saturating_sub(1) as u32;
@@ -365,9 +303,6 @@ impl Broadcast {
                 },
                 None => cx.now,
             };
-            if !tl.sending(stamp) {
-                break;
-            }
             let ns = stamp.saturating_duration_since(shared.epoch).as_nanos() as u64;
             line::encode(
                 &shared.filler,
@@ -379,12 +314,121 @@ impl Broadcast {
             );
             peer.seq += 1;
             room -= 1;
-            if tl.counts(stamp) {
-                cx.tally.sent += 1;
-            }
+            cx.tally.count_sent(1, Some(&tl), stamp);
         }
         w.sent.store(peer.seq, Ordering::Relaxed);
         self.flush(cx, i);
+    }
+}
+
+/// The sender's schedule is over (the window closed, or its connection died): settle its
+/// account.
+fn close_schedule(cx: &mut Cx, peer: &mut Peer, until: Instant) {
+    if let Some(mut pacer) = peer.pacer.take() {
+        let (scheduled, skipped) = pacer.close(until);
+        cx.tally.scheduled += scheduled;
+        cx.tally.not_sent += skipped;
+    }
+}
+
+/// Split what one read returned into lines and check each; an unfinished line waits in
+/// `peer.partial` for the next read.
+fn take_lines(cx: &mut Cx, peer: &mut Peer, got: &[u8], r: &mut Reading) {
+    let n = got.len();
+    let mut rest = 0;
+    loop {
+        // Fast path: a line of exactly our size ends where it should, so skip the search.
+        // (Safe: a newline hidden inside those bytes would fail the check of the line's body
+        // and be counted as corrupt, and the next search finds the true boundary again.)
+        let whole = rest + r.size <= n && got[rest + r.size - 1] == b'\n';
+        let end = if whole && peer.partial.is_empty() {
+            rest + r.size - 1
+        } else if let Some(nl) = memchr::memchr(b'\n', &got[rest..]) {
+            rest + nl
+        } else {
+            break;
+        };
+        if peer.partial.is_empty() {
+            handle_line(cx, peer, &got[rest..end], r);
+        } else {
+            let mut joined = std::mem::take(&mut peer.partial);
+            joined.extend_from_slice(&got[rest..end]);
+            handle_line(cx, peer, &joined, r);
+            joined.clear();
+            peer.partial = joined; // keep the allocation
+        }
+        rest = end + 1;
+    }
+    peer.partial.extend_from_slice(&got[rest..]);
+    if peer.partial.len() > r.size + MAX_PREFIX {
+        cx.tally.errors.corrupt += 1;
+        peer.unplaced += 1;
+        peer.partial.clear();
+    }
+}
+
+/// One complete line (without its newline) received by `peer`.
+fn handle_line(cx: &mut Cx, peer: &mut Peer, text: &[u8], r: &mut Reading) {
+    let errors = &mut cx.tally.errors;
+    let (sender, seq, sent_ns) = match line::decode(&cx.shared.filler, text, r.size) {
+        Err(LineError::Malformed) => {
+            errors.corrupt += 1;
+            peer.unplaced += 1;
+            return;
+        }
+        // Damaged, but it names its sender and number: counted as corrupt below, and taken as
+        // seen (it did arrive) so that it opens no gap.
+        Err(LineError::Filler { sender, seq }) => (sender, seq, None),
+        Ok(Line::Sync) => {
+            if peer.sender == Some(0) {
+                errors.self_delivered += 1;
+            } else if !peer.synced {
+                peer.synced = true;
+                *r.synced += 1;
+            }
+            return;
+        }
+        Ok(Line::Data {
+            sender,
+            seq,
+            sent_ns,
+        }) => (sender, seq, Some(sent_ns)),
+    };
+    if sender as usize >= r.senders {
+        errors.corrupt += 1;
+        peer.unplaced += 1;
+        return;
+    }
+    if peer.sender == Some(sender) {
+        return errors.self_delivered += 1;
+    }
+    match peer.tracks[sender as usize].observe(seq) {
+        SeqOutcome::InOrder => {}
+        SeqOutcome::Gap(n) => {
+            let placed = n.min(peer.unplaced);
+            peer.unplaced -= placed;
+            errors.lost += n - placed;
+            // The damaged lines that stand for this gap did arrive: the sender's window moves
+            // on (or it would stall on them, and count a timeout for the same fault).
+            for missing in seq - n..seq - n + placed {
+                cx.shared.windows[sender as usize].deliver(missing);
+            }
+        }
+        SeqOutcome::Reordered => {
+            // It was counted lost when the gap opened; it is late instead.
+            errors.lost = errors.lost.saturating_sub(1);
+            errors.reordered += 1;
+        }
+        SeqOutcome::Duplicate => return errors.duplicated += 1,
+    }
+    // Delivered (damaged or not): the sender's window moves on.
+    cx.shared.windows[sender as usize].deliver(seq);
+    let Some(sent_ns) = sent_ns else {
+        return errors.corrupt += 1;
+    };
+    if let Some(tl) = &cx.timeline {
+        let latency = Duration::from_nanos(r.now_ns.saturating_sub(sent_ns));
+        cx.tally.complete(tl, cx.now, latency, r.size as u64);
     }
 }
 
@@ -426,8 +470,12 @@ impl Driver for Broadcast {
         }
     }
 
-    fn settled(&self) -> bool {
-        self.pool.settled()
+    fn settled(&self) -> Option<u64> {
+        self.pool.settled().then(|| self.pool.open_count())
+    }
+
+    fn synced(&self) -> u64 {
+        self.synced
     }
 
     fn open_count(&self) -> u64 {
@@ -468,18 +516,36 @@ impl Driver for Broadcast {
         wake
     }
 
-    fn finish(&mut self, _cx: &mut Cx, result: &mut WorkerResult) {
+    fn finish(&mut self, cx: &mut Cx, result: &mut WorkerResult) {
+        for k in 0..self.sender_links.len() {
+            let i = self.sender_links[k];
+            let peer = &mut self.pool.links[i].st;
+            if let Some(tl) = cx.timeline {
+                close_schedule(cx, peer, tl.measure_until.min(cx.now));
+            }
+            // Lines still queued here never reached the server: not sent, so not lost either.
+            let unwritten = (peer.out.len() - peer.out_sent).div_ceil(self.size) as u64;
+            cx.tally.not_sent += unwritten;
+            cx.tally.sent_total = cx.tally.sent_total.saturating_sub(unwritten);
+            cx.tally.sent = cx.tally.sent.saturating_sub(unwritten);
+            let w = &cx.shared.windows[peer.sender.expect("a sender") as usize];
+            w.sent
+                .store(peer.seq.saturating_sub(unwritten), Ordering::Relaxed);
+        }
         for link in &self.pool.links {
             if link.state == LinkState::Open {
                 let next = link.st.tracks.iter().map(SeqTrack::next).collect();
-                result.expected_next.push((link.st.sender, next));
+                result
+                    .expected_next
+                    .push((link.st.sender, next, link.st.unplaced));
             }
         }
         result.open = self.pool.open_count();
     }
 }
 
-/// Lines sent that some open connection never received (and that no gap already counted).
+/// Lines sent that some open connection never received (and that no gap or damaged line
+/// already counted).
 pub fn undelivered(shared: &Shared, results: &[WorkerResult]) -> u64 {
     let sent: Vec<u64> = shared
         .windows
@@ -489,11 +555,13 @@ pub fn undelivered(shared: &Shared, results: &[WorkerResult]) -> u64 {
     results
         .iter()
         .flat_map(|r| &r.expected_next)
-        .map(|(own, next)| {
-            (0..sent.len())
+        .map(|(own, next, unplaced)| {
+            let missing: u64 = (0..sent.len())
                 .filter(|&s| *own != Some(s as u16))
                 .map(|s| sent[s].saturating_sub(next[s]))
-                .sum::<u64>()
+                .sum();
+            // Lines too damaged to name their sender, already counted as corrupt.
+            missing.saturating_sub(*unplaced)
         })
         .sum()
 }

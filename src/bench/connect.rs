@@ -10,7 +10,11 @@
 //!
 //! With `--connect-rate`, cycles start on a schedule instead of as soon as a slot frees up, and
 //! `-c` caps how many may be in progress.
+//!
+//! Setup runs one cycle in every slot before the load starts: a server that is down or does not
+//! echo is found (and named) there, at once, instead of as a run full of failed cycles.
 
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
@@ -18,7 +22,7 @@ use mio::event::Event;
 use super::Plan;
 use super::dial::Dialer;
 use super::pacing::Pacer;
-use super::pool::{LinkEvent, LinkState, Pool, ReadResult};
+use super::pool::{Fault, Hangup, LinkEvent, LinkState, Pool, ReadEnd};
 use super::worker::{Cx, Driver, WorkerResult};
 
 /// One connection's probe: `size` pattern bytes written and read back.
@@ -33,16 +37,14 @@ pub struct Probe {
 }
 
 /// What [`Probe::advance`] concluded.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum ProbeStatus {
     /// Waiting for the socket.
     Pending,
     /// Every probe byte came back intact.
     Done,
-    /// The connection failed or closed.
-    Closed,
-    /// The bytes that came back differ from those sent.
-    Corrupt,
+    /// The connection failed, closed, or sent bytes other than the probe's.
+    Failed(Fault),
 }
 
 impl Probe {
@@ -54,37 +56,39 @@ impl Probe {
         size: usize,
         probe: impl Fn(&mut S) -> &mut Probe,
     ) -> ProbeStatus {
-        let bytes = cx.shared.pattern.slice(0, 0, size);
-        loop {
-            let p = probe(&mut pool.links[i].st);
-            if p.written == size {
-                break;
-            }
+        let p = probe(&mut pool.links[i].st);
+        if p.written < size {
             let from = p.written;
-            match pool.write(i, &bytes[from..]) {
-                Ok(0) => break,
+            let bytes = cx.shared.pattern.slice(0, from as u64, size - from);
+            match pool.write_some(i, bytes) {
                 Ok(n) => probe(&mut pool.links[i].st).written += n,
-                Err(_) => return ProbeStatus::Closed,
+                Err(e) => return ProbeStatus::Failed(Fault::Closed(Hangup::Failed(e))),
             }
         }
-        loop {
-            let p = probe(&mut pool.links[i].st);
-            if p.read == size {
-                p.done = true;
-                return ProbeStatus::Done;
-            }
-            match pool.read(i, cx.buf) {
-                ReadResult::Data(n) => {
-                    let p = probe(&mut pool.links[i].st);
-                    if p.read + n > p.written || cx.buf[..n] != bytes[p.read..p.read + n] {
-                        return ProbeStatus::Corrupt;
-                    }
-                    p.read += n;
-                }
-                ReadResult::WouldBlock => return ProbeStatus::Pending,
-                ReadResult::Eof | ReadResult::Failed => return ProbeStatus::Closed,
-            }
+        if probe(&mut pool.links[i].st).read == size {
+            return Self::done(probe(&mut pool.links[i].st));
         }
+        let end = pool.read_all(cx, i, |cx, st, got| {
+            let p = probe(st);
+            if p.read + got.len() > p.written || !cx.shared.pattern.matches(0, p.read as u64, got) {
+                return ControlFlow::Break(());
+            }
+            p.read += got.len();
+            ControlFlow::Continue(())
+        });
+        match end {
+            ReadEnd::Stopped(()) => ProbeStatus::Failed(Fault::Corrupt),
+            ReadEnd::Hangup(how) => ProbeStatus::Failed(Fault::Closed(how)),
+            ReadEnd::Drained if probe(&mut pool.links[i].st).read == size => {
+                Self::done(probe(&mut pool.links[i].st))
+            }
+            ReadEnd::Drained => ProbeStatus::Pending,
+        }
+    }
+
+    fn done(p: &mut Probe) -> ProbeStatus {
+        p.done = true;
+        ProbeStatus::Done
     }
 }
 
@@ -95,6 +99,10 @@ pub struct Churn {
     rate: Option<f64>,
     pacer: Option<Pacer>,
     started: bool,
+    /// Setup: slots whose first cycle has not ended yet (`None` before setup began).
+    setup_pending: Option<usize>,
+    /// Setup: first cycles that succeeded.
+    setup_ok: u64,
 }
 
 impl Churn {
@@ -105,6 +113,16 @@ impl Churn {
             rate,
             pacer: None,
             started: false,
+            setup_pending: None,
+            setup_ok: 0,
+        }
+    }
+
+    /// Setup: a slot's first cycle ended (`ok`: intact).
+    fn setup_cycle_ended(&mut self, ok: bool) {
+        if let Some(n) = self.setup_pending.as_mut().filter(|n| **n > 0) {
+            *n -= 1;
+            self.setup_ok += ok as u64;
         }
     }
 
@@ -118,17 +136,20 @@ impl Churn {
     /// A cycle ended: count it if it succeeded, close the socket, free the slot.
     fn end_cycle(&mut self, cx: &mut Cx, i: usize, status: ProbeStatus) {
         match status {
-            ProbeStatus::Pending => return,
+            ProbeStatus::Pending => {}
             ProbeStatus::Done => {
                 if let Some(tl) = &cx.timeline {
                     let latency = self.pool.links[i].st.connect_latency;
                     cx.tally.complete(tl, cx.now, latency, self.size as u64);
                 }
+                self.setup_cycle_ended(cx.timeline.is_none());
+                self.pool.close(i, LinkState::Unopened);
             }
-            ProbeStatus::Closed => cx.tally.errors.closed += 1,
-            ProbeStatus::Corrupt => cx.tally.errors.corrupt += 1,
+            ProbeStatus::Failed(fault) => {
+                self.setup_cycle_ended(false);
+                self.pool.fail(cx, i, fault, LinkState::Unopened);
+            }
         }
-        self.pool.close(i, LinkState::Unopened);
     }
 }
 
@@ -142,6 +163,7 @@ impl Driver for Churn {
             // A failed connect is counted by the pool; the slot is retried.
             LinkEvent::ConnectFailed => {
                 self.pool.links[i].state = LinkState::Unopened;
+                self.setup_cycle_ended(false);
                 return;
             }
             LinkEvent::Connected(latency) => {
@@ -157,7 +179,21 @@ impl Driver for Churn {
     }
 
     fn turn(&mut self, cx: &mut Cx) {
+        let connecting = self.in_flight(cx);
         self.pool.expire_connects(cx, LinkState::Unopened);
+        for _ in self.in_flight(cx)..connecting {
+            self.setup_cycle_ended(false); // timed out
+        }
+        if self.setup_pending.is_none() {
+            // Setup: one cycle per slot, all at once.
+            self.setup_pending = Some(self.pool.links.len());
+            for i in 0..self.pool.links.len() {
+                if !self.pool.open(cx, i) {
+                    self.pool.links[i].state = LinkState::Unopened;
+                    self.setup_cycle_ended(false);
+                }
+            }
+        }
         let Some(tl) = cx.timeline else { return };
         if !self.started {
             self.started = true;
@@ -183,8 +219,8 @@ impl Driver for Churn {
         }
     }
 
-    fn settled(&self) -> bool {
-        true // connections are opened during the run, not before
+    fn settled(&self) -> Option<u64> {
+        (self.setup_pending == Some(0)).then_some(self.setup_ok)
     }
 
     fn open_count(&self) -> u64 {

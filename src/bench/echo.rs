@@ -9,18 +9,21 @@
 //!   it delayed.
 //!
 //! A message is "complete" when the stream has come back up to its last byte. Replies may arrive
-//! split or merged anyhow: a short read is just the next part of the stream.
+//! split or merged anyhow: a short read is just the next part of the stream. A message is "sent"
+//! once its last byte is written: one the run ends with unwritten was never sent (the server
+//! stopped reading, or the generator fell behind), one written and never answered is lost.
 
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use mio::event::Event;
 
 use super::Plan;
 use super::dial::Dialer;
-use super::pacing::Pacer;
-use super::payload::{MAX_CHUNK, Pattern, phase_of};
-use super::pool::{LinkEvent, LinkState, Pool, ReadResult, connect_wake};
+use super::pacing::{BURST, Pacer};
+use super::payload::{MAX_CHUNK, phase_of};
+use super::pool::{Fault, Hangup, LinkEvent, LinkState, Pool, ReadEnd, connect_wake};
 use super::worker::{Cx, Driver, WorkerResult};
 
 /// One connection's stream.
@@ -34,6 +37,14 @@ pub struct Stream {
     read: u64,
     /// The start time (issue or intended) of every message in flight, oldest first.
     in_flight: VecDeque<Instant>,
+}
+
+impl Stream {
+    /// Of the messages in flight, how many are written whole (the oldest ones); the rest are
+    /// not, or only in part.
+    fn written_whole(&self, size: u64) -> u64 {
+        (self.written / size - self.read / size).min(self.in_flight.len() as u64)
+    }
 }
 
 pub struct Echo {
@@ -99,76 +110,119 @@ impl Echo {
 
     /// Write what connection `i` owes, straight from the pattern table, until the socket is full.
     fn flush(&mut self, cx: &mut Cx, i: usize) {
-        let pattern: &Pattern = &cx.shared.pattern;
         loop {
             let st = &self.pool.links[i].st;
             let owed = st.issued - st.written;
             if owed == 0 {
                 return;
             }
-            let chunk = pattern.slice(st.base, st.written, owed.min(MAX_CHUNK as u64) as usize);
-            match self.pool.write(i, chunk) {
-                Ok(0) => return, // full: the writable edge will bring us back
-                Ok(n) => self.pool.links[i].st.written += n as u64,
-                Err(_) => return self.kill(cx, i, false),
+            let len = owed.min(MAX_CHUNK as u64) as usize;
+            let chunk = cx.shared.pattern.slice(st.base, st.written, len);
+            match self.pool.write_some(i, chunk) {
+                Ok(n) => {
+                    let st = &mut self.pool.links[i].st;
+                    let whole_before = st.written / self.size;
+                    st.written += n as u64;
+                    let whole = st.written / self.size - whole_before;
+                    cx.tally.count_sent(whole, cx.timeline.as_ref(), cx.now);
+                    if n < len {
+                        return; // full: the writable edge will bring us back
+                    }
+                }
+                Err(e) => return self.fail(cx, i, Fault::Closed(Hangup::Failed(e))),
             }
         }
     }
 
     /// Read what connection `i` has, check it, complete messages.
     fn read(&mut self, cx: &mut Cx, i: usize) {
-        loop {
-            let n = match self.pool.read(i, cx.buf) {
-                ReadResult::Data(n) => n,
-                ReadResult::WouldBlock => return,
-                ReadResult::Eof | ReadResult::Failed => return self.kill(cx, i, false),
-            };
-            let st = &mut self.pool.links[i].st;
-            let got = &cx.buf[..n];
-            if st.read + n as u64 > st.written || !cx.shared.pattern.matches(st.base, st.read, got)
+        let size = self.size;
+        let in_flight = &mut self.in_flight;
+        let end = self.pool.read_all(cx, i, |cx, st, got| {
+            if st.read + got.len() as u64 > st.written
+                || !cx.shared.pattern.matches(st.base, st.read, got)
             {
-                return self.kill(cx, i, true);
+                return ControlFlow::Break(());
             }
-            let before = st.read / self.size;
-            st.read += n as u64;
-            let after = st.read / self.size;
-            for _ in before..after {
+            let before = st.read / size;
+            st.read += got.len() as u64;
+            for _ in before..st.read / size {
                 let started = st.in_flight.pop_front().expect("a message per issued size");
-                self.in_flight -= 1;
-                if let Some(tl) = &cx.timeline {
-                    cx.tally.complete(
-                        tl,
-                        cx.now,
-                        cx.now.saturating_duration_since(started),
-                        self.size,
-                    );
+                *in_flight -= 1;
+                if let Some(tl) = cx.timeline {
+                    let latency = cx.now.saturating_duration_since(started);
+                    cx.tally.complete(&tl, cx.now, latency, size);
                 }
             }
-            // A short read means the receive queue was empty a moment ago; anything arriving
-            // later raises a new edge. Unless the peer closed: its FIN raises no new edge.
-            if n < cx.buf.len() && !self.pool.links[i].hup {
-                return;
-            }
+            ControlFlow::Continue(())
+        });
+        match end {
+            ReadEnd::Drained => {}
+            ReadEnd::Hangup(how) => self.fail(cx, i, Fault::Closed(how)),
+            ReadEnd::Stopped(()) => self.fail(cx, i, Fault::Corrupt),
         }
     }
 
-    /// The connection failed (closed, reset, or sent something wrong): count it, and count its
-    /// messages in flight as lost.
-    fn kill(&mut self, cx: &mut Cx, i: usize, corrupt: bool) {
-        if corrupt {
-            cx.tally.errors.corrupt += 1;
-        } else {
-            cx.tally.errors.closed += 1;
+    /// Connection `i` failed (closed, reset, or sent something wrong): one error, counted by
+    /// the pool. Its messages in flight are accounted for once: a corrupt reply is the oldest
+    /// message's; the others written whole are abandoned with the connection, the rest were
+    /// never sent.
+    fn fail(&mut self, cx: &mut Cx, i: usize, fault: Fault) {
+        let st = &mut self.pool.links[i].st;
+        let mut whole = st.written_whole(self.size);
+        let mut unsent = st.in_flight.len() as u64 - whole;
+        if matches!(fault, Fault::Corrupt) {
+            // The corrupt message itself is the error, not also abandoned or unsent.
+            if whole > 0 {
+                whole -= 1;
+            } else {
+                unsent = unsent.saturating_sub(1);
+            }
         }
-        let lost = self.pool.links[i].st.in_flight.len() as u64;
-        cx.tally.errors.lost += lost;
-        self.in_flight -= lost;
-        self.pool.links[i].st.in_flight.clear();
-        self.pool.close(i, LinkState::Dead);
+        cx.tally.abandoned += whole;
+        cx.tally.not_sent += unsent;
+        self.in_flight -= st.in_flight.len() as u64;
+        st.in_flight.clear();
+        self.pool.fail(cx, i, fault, LinkState::Dead);
     }
 
     fn is_open(&self, i: usize) -> bool {
         self.pool.links[i].state == LinkState::Open
+    }
+
+    /// The window is over (or nothing is left to send on): settle the schedule's account.
+    fn close_schedule(&mut self, cx: &mut Cx, until: Instant) {
+        if let Some(mut pacer) = self.pacer.take() {
+            let (scheduled, skipped) = pacer.close(until);
+            cx.tally.scheduled += scheduled;
+            cx.tally.not_sent += skipped;
+        }
+    }
+
+    /// Open loop: send what the schedule says is due, at most [`BURST`] per turn.
+    fn pace(&mut self, cx: &mut Cx) {
+        let Some(tl) = cx.timeline else { return };
+        if !tl.sending(cx.now) {
+            return self.close_schedule(cx, tl.measure_until);
+        }
+        let n = self.pool.links.len();
+        for _ in 0..BURST {
+            let Some(at) = self.pacer.as_mut().and_then(|p| p.next_due(cx.now)) else {
+                return;
+            };
+            // The next open connection, round robin. If none is open, this message and every
+            // later one cannot be sent (the failures are counted already).
+            let Some(i) = (0..n)
+                .map(|k| (self.round_robin + k) % n)
+                .find(|&i| self.is_open(i))
+            else {
+                cx.tally.not_sent += 1;
+                return self.close_schedule(cx, tl.measure_until);
+            };
+            self.round_robin = (i + 1) % n;
+            self.issue(i, at);
+            self.flush(cx, i);
+        }
     }
 }
 
@@ -219,32 +273,11 @@ impl Driver for Echo {
                 }
             }
         }
-        let n = self.pool.links.len();
-        while let Some(pacer) = self.pacer.as_mut() {
-            let Some(at) = pacer.next_due(cx.now) else {
-                break;
-            };
-            if !tl.sending(at) {
-                self.pacer = None;
-                break;
-            }
-            // The next open connection, round robin; if none is open the message is not sent
-            // (every connection has failed, which is counted already).
-            let Some(i) = (0..n)
-                .map(|k| (self.round_robin + k) % n)
-                .find(|&i| self.is_open(i))
-            else {
-                self.pacer = None; // nothing left to send on; stop the schedule
-                break;
-            };
-            self.round_robin = (i + 1) % n;
-            self.issue(i, at);
-            self.flush(cx, i);
-        }
+        self.pace(cx);
     }
 
-    fn settled(&self) -> bool {
-        self.pool.settled()
+    fn settled(&self) -> Option<u64> {
+        self.pool.settled().then(|| self.pool.open_count())
     }
 
     fn open_count(&self) -> u64 {
@@ -264,7 +297,15 @@ impl Driver for Echo {
     }
 
     fn finish(&mut self, cx: &mut Cx, result: &mut WorkerResult) {
-        cx.tally.errors.lost += self.in_flight;
+        if let Some(tl) = cx.timeline {
+            self.close_schedule(cx, tl.measure_until.min(cx.now));
+        }
+        // What is still in flight on a live connection: lost if the server had it whole.
+        for link in &self.pool.links {
+            let whole = link.st.written_whole(self.size);
+            cx.tally.errors.lost += whole;
+            cx.tally.not_sent += link.st.in_flight.len() as u64 - whole;
+        }
         result.open = self.pool.open_count();
     }
 }

@@ -27,12 +27,19 @@ pub struct Latency {
 /// The percentiles a report prints, in microseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Percentiles {
+    /// Values recorded; 0 means the others mean nothing (reports show `-` and `null`).
     pub count: u64,
+    /// The median.
     pub p50: u64,
+    /// The 90th percentile.
     pub p90: u64,
+    /// The 99th percentile.
     pub p99: u64,
+    /// The 99.9th percentile.
     pub p999: u64,
+    /// The exact largest value.
     pub max: u64,
+    /// The average.
     pub mean: f64,
 }
 
@@ -43,6 +50,7 @@ impl Default for Latency {
 }
 
 impl Latency {
+    /// An empty histogram (1 µs to an hour, 3 significant digits).
     pub fn new() -> Latency {
         Latency {
             hist: Histogram::new_with_bounds(1, MAX_US, 3).expect("valid bounds"),
@@ -67,6 +75,7 @@ impl Latency {
         self.max = self.max.max(other.max);
     }
 
+    /// Values recorded.
     pub fn count(&self) -> u64 {
         self.hist.len()
     }
@@ -87,6 +96,7 @@ impl Latency {
         self.hist.value_at_percentile(p).min(self.max)
     }
 
+    /// The figures a report prints (all 0, with `count` 0, when empty).
     pub fn percentiles(&self) -> Percentiles {
         if self.hist.is_empty() {
             return Percentiles::default();

@@ -5,6 +5,7 @@
 //! growth of the server's RSS by the connections held. A held connection should stay silent: data
 //! or an EOF from the server counts as an error.
 
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use mio::event::Event;
@@ -13,7 +14,7 @@ use super::Plan;
 use super::connect::{Probe, ProbeStatus};
 use super::dial::Dialer;
 use super::pacing::Pacer;
-use super::pool::{LinkEvent, LinkState, Pool, ReadResult, connect_wake};
+use super::pool::{Fault, LinkEvent, LinkState, Pool, ReadEnd, connect_wake};
 use super::worker::{Cx, Driver, WorkerResult};
 
 pub struct Idle {
@@ -38,30 +39,17 @@ impl Idle {
         match status {
             ProbeStatus::Pending => return,
             ProbeStatus::Done => {}
-            ProbeStatus::Closed => {
-                cx.tally.errors.closed += 1;
-                self.pool.close(i, LinkState::Dead);
-            }
-            ProbeStatus::Corrupt => {
-                cx.tally.errors.corrupt += 1;
-                self.pool.close(i, LinkState::Dead);
-            }
+            ProbeStatus::Failed(fault) => self.pool.fail(cx, i, fault, LinkState::Dead),
         }
         self.probing -= 1;
     }
 
     /// A held connection is readable: the server sent data or closed it. Both are wrong.
     fn check_silent(&mut self, cx: &mut Cx, i: usize) {
-        match self.pool.read(i, cx.buf) {
-            ReadResult::WouldBlock => {}
-            ReadResult::Data(_) => {
-                cx.tally.errors.corrupt += 1;
-                self.pool.close(i, LinkState::Dead);
-            }
-            ReadResult::Eof | ReadResult::Failed => {
-                cx.tally.errors.closed += 1;
-                self.pool.close(i, LinkState::Dead);
-            }
+        match self.pool.read_all(cx, i, |_, _, _| ControlFlow::Break(())) {
+            ReadEnd::Drained => {}
+            ReadEnd::Stopped(()) => self.pool.fail(cx, i, Fault::Corrupt, LinkState::Dead),
+            ReadEnd::Hangup(how) => self.pool.fail(cx, i, Fault::Closed(how), LinkState::Dead),
         }
     }
 }
@@ -97,8 +85,8 @@ impl Driver for Idle {
         self.pool.expire_connects(cx, LinkState::Dead);
     }
 
-    fn settled(&self) -> bool {
-        self.pool.settled() && self.probing == 0
+    fn settled(&self) -> Option<u64> {
+        (self.pool.settled() && self.probing == 0).then(|| self.pool.open_count())
     }
 
     fn open_count(&self) -> u64 {

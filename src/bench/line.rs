@@ -31,6 +31,7 @@ pub struct Filler {
 }
 
 impl Filler {
+    /// Map `pattern` onto printable bytes (done once per run).
     pub fn new(pattern: &Pattern) -> Filler {
         let mut table = Vec::with_capacity(PERIOD + MAX_CHUNK);
         for offset in (0..PERIOD + MAX_CHUNK).step_by(MAX_CHUNK) {
@@ -73,8 +74,18 @@ pub const SYNC: &[u8] = b"~sync";
 /// What a received line turned out to be.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Line {
+    /// The sync line ([`SYNC`]).
     Sync,
-    Data { sender: u16, seq: u64, sent_ns: u64 },
+    /// A data line: who sent it, its number in that sender's sequence, and when it was sent
+    /// (ns since the run's epoch).
+    Data {
+        /// The sender.
+        sender: u16,
+        /// Its sequence number.
+        seq: u64,
+        /// Its send time.
+        sent_ns: u64,
+    },
 }
 
 /// Why a received line was rejected (each counts as one corrupted line).
@@ -82,15 +93,21 @@ pub enum Line {
 pub enum LineError {
     /// Shorter than a line, or no header where one should be.
     Malformed,
-    /// The header parsed but the filler differs from what that sender sent.
-    Filler,
+    /// The header parsed but the filler differs from what that sender sent: the line arrived,
+    /// damaged (its sender and number are known, so it is not also counted as missing).
+    Filler {
+        /// The sender its header names.
+        sender: u16,
+        /// The sequence number its header carries.
+        seq: u64,
+    },
 }
 
 impl fmt::Display for LineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             LineError::Malformed => "malformed line",
-            LineError::Filler => "line body differs from what was sent",
+            LineError::Filler { .. } => "line body differs from what was sent",
         })
     }
 }
@@ -145,7 +162,7 @@ pub fn decode(filler: &Filler, line: &[u8], size: usize) -> Result<Line, LineErr
     let sender = sender as u16;
     for (i, chunk) in ours[HEADER..].chunks(MAX_CHUNK).enumerate() {
         if chunk != filler.slice(sender, seq, i * MAX_CHUNK, chunk.len()) {
-            return Err(LineError::Filler);
+            return Err(LineError::Filler { sender, seq });
         }
     }
     Ok(Line::Data {
@@ -233,6 +250,7 @@ pub struct SeqTrack {
 }
 
 impl SeqTrack {
+    /// Line `seq` arrived: what does it mean?
     pub fn observe(&mut self, seq: u64) -> SeqOutcome {
         if seq == self.next {
             self.next += 1;
@@ -273,6 +291,7 @@ impl SeqTrack {
     }
 
     /// Lines missing so far: in gaps, or written off.
+    #[cfg(test)]
     pub fn missing(&self) -> u64 {
         self.written_off + self.gaps.iter().map(|&(a, b)| b - a).sum::<u64>()
     }
@@ -332,14 +351,15 @@ mod tests {
         assert_eq!(decode(&p, &body[1..], 64), Err(LineError::Malformed));
         let mut flipped = body.to_vec();
         flipped[50] ^= 0x01;
-        assert_eq!(decode(&p, &flipped, 64), Err(LineError::Filler));
+        let damaged = LineError::Filler { sender: 2, seq: 5 };
+        assert_eq!(decode(&p, &flipped, 64), Err(damaged));
         let mut bad_hex = body.to_vec();
         bad_hex[10] = b'g';
         assert_eq!(decode(&p, &bad_hex, 64), Err(LineError::Malformed));
         // Another line's filler under this header (a spliced line) is caught.
         let other = line(&p, 2, 6, 77, 64);
         let spliced = [&body[..HEADER], &other[HEADER..63]].concat();
-        assert_eq!(decode(&p, &spliced, 64), Err(LineError::Filler));
+        assert_eq!(decode(&p, &spliced, 64), Err(damaged));
     }
 
     #[test]

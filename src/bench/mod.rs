@@ -6,65 +6,86 @@
 //!
 //! * this file: the [`Plan`] (what to run), the coordinator that starts the workers, steps the
 //!   run through its phases, samples `/proc`, prints progress and builds the [`Report`].
-//! * [`worker`]: one thread's mio loop, shared by every mode; [`pool`] and [`dial`]: its TCP
-//!   connections, from the non-blocking connect to the close.
-//! * one file per mode, each a [`worker::Driver`]: [`echo`], [`broadcast`], [`udp`],
-//!   [`connect`] (also the probe that `idle` uses), [`idle`].
+//! * `worker`: one thread's mio loop, shared by every mode; `pool` and `dial`: its TCP
+//!   connections, from the non-blocking connect to the close — the one read loop, write loop and
+//!   failure count every mode uses.
+//! * one file per mode, each a `Driver`: `echo`, `broadcast`, `udp`, `connect` (also the probe
+//!   that `idle` uses), `idle`.
 //! * pure parts, unit-tested without sockets: [`payload`] (byte streams and their check),
-//!   [`line`](mod@line) (the broadcast line format and sequence checking), [`pacing`] (phases and the
-//!   open-loop schedule), [`histogram`], [`tally`], [`report`] (text and JSON), [`procstat`]
-//!   (parsing `/proc`).
-//! * [`args`]: the command line, in clap's derive style like `resound serve`.
+//!   `line` (the broadcast line format and sequence checking), `pacing` (phases and the
+//!   open-loop schedule), `histogram`, `tally`, `report` (text and JSON), `procstat` (CPU and
+//!   memory over the window, from [`crate::procfs`]).
+//! * `args`: the command line ([`BenchArgs`]), in clap's derive style like `resound serve`.
+//!
+//! What the rest of the crate, the tests and `benches/` use is `pub` here and documented:
+//! [`run`], [`Plan`], [`Mode`], [`Report`] and the types of its fields, [`BenchArgs`] and
+//! [`main`], and [`payload::Pattern`] (the tests' payloads). Everything else is `pub(crate)`.
 //!
 //! # A run
 //!
 //! 1. **Setup.** Each worker opens its connections (at most 128 connects in progress per
-//!    worker, or `--connect-rate`), and reports when all are open or failed. Broadcast then syncs:
-//!    sender 0 sends sync lines until every other connection has seen one, proving the server
-//!    has registered all receivers.
+//!    worker, or `--connect-rate`), and reports when all are open or failed; `connect` runs one
+//!    cycle per slot, `udp` has each socket's probe datagram answered. If nothing at all could be
+//!    opened the run stops here, naming the error (`connect 127.0.0.1:9: Connection refused`).
+//!    Broadcast then syncs: sender 0 sends sync lines until every other connection has seen one,
+//!    proving the server has registered all receivers.
 //! 2. **Warm-up** (`--warmup`), then the **measured window** (`--duration`): only operations that
 //!    complete inside the window count, so connection setup and cold caches do not.
 //! 3. **Drain** (`--drain`): no new operations; what is in flight may still arrive. Whatever
 //!    has not arrived at the end is lost, and a loss is an error.
 
+#![warn(missing_docs)]
+
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, mpsc};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-pub mod args;
-pub mod broadcast;
-pub mod connect;
-pub mod dial;
-pub mod echo;
+mod args;
+mod broadcast;
+mod connect;
+mod dial;
+mod echo;
 pub mod histogram;
-pub mod idle;
+mod idle;
 pub mod line;
-pub mod pacing;
+mod pacing;
 pub mod payload;
-pub mod pool;
-pub mod procstat;
-pub mod report;
-pub mod tally;
-pub mod udp;
-pub mod worker;
+mod pool;
+mod procstat;
+mod report;
+mod tally;
+mod udp;
+mod worker;
 
 pub use args::BenchArgs;
-pub use report::Report;
+pub use histogram::Percentiles;
+pub use procstat::Usage;
+pub use report::{Interval, Report, ServerFigures};
+pub use tally::{Cause, CauseKind, Errors};
 
+use crate::units::MAX_DURATION;
 use dial::{Dialer, source_addrs};
 use histogram::Latency;
 use pacing::{Pacer, Timeline, share};
-use tally::{Errors, Tally};
+use report::Measured;
+use tally::{Causes, Tally};
 use worker::{Command, Control, Message, WorkerResult};
 
 /// The read buffer of each worker (also the largest write): 64 KiB, like the server's.
-pub const READ_BUF: usize = 64 * 1024;
+pub(crate) const READ_BUF: usize = 64 * 1024;
 
 /// How long the broadcast sync handshake may take.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest `--pipeline` and `--window`: far more in flight than any server keeps up with,
+/// and small enough that their bookkeeping cannot exhaust memory.
+pub const MAX_IN_FLIGHT: usize = 1 << 20;
+
+/// The highest `--rate` and `--connect-rate`, per second: a billion, far beyond one machine.
+pub const MAX_RATE: f64 = 1e9;
 
 /// What to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -82,6 +103,7 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The mode's name on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Mode::Echo => "echo",
@@ -108,12 +130,18 @@ impl Mode {
 /// ([`BenchArgs`]) and the benches override fields.
 #[derive(Clone, Debug)]
 pub struct Plan {
+    /// What to measure.
     pub mode: Mode,
-    pub target: SocketAddr,
+    /// The servers: connection (or UDP socket) `k` goes to `targets[k % n]`. Several targets
+    /// make one room of a broadcast service spread over several nodes: every check holds across
+    /// them.
+    pub targets: Vec<SocketAddr>,
     /// echo/udp: connections (sockets); broadcast: receivers; connect: connects in progress at
     /// once; idle: connections to hold.
     pub connections: usize,
+    /// The measured window.
     pub duration: Duration,
+    /// Load before the window, not counted.
     pub warmup: Duration,
     /// echo/udp: message size; broadcast: line size (newline included); connect/idle: bytes
     /// echoed to confirm each connection (0 = none).
@@ -122,12 +150,15 @@ pub struct Plan {
     pub pipeline: usize,
     /// Open loop: operations per second in total (echo, udp: messages; broadcast: lines sent).
     pub rate: Option<f64>,
+    /// Open loop: a rate not reached is an error (exit status 1), not only a line of the report.
+    pub strict_rate: bool,
     /// Connections opened per second (connect: cycles; others: during setup).
     pub connect_rate: Option<f64>,
     /// Broadcast: sending connections (they receive too).
     pub senders: usize,
     /// Broadcast, closed loop: lines per sender not yet delivered everywhere.
     pub window: usize,
+    /// Load-generating threads, each its own event loop.
     pub threads: usize,
     /// Source addresses 127.0.0.1..N (None: as many as needed).
     pub src_ips: Option<usize>,
@@ -137,10 +168,15 @@ pub struct Plan {
     pub pid: Option<u32>,
     /// The CPU the server runs on, for its busy share.
     pub cpu: Option<usize>,
+    /// After the window, how long to wait for what is in flight.
     pub drain: Duration,
+    /// How long opening the connections may take.
     pub setup_timeout: Duration,
     /// No progress lines on stderr.
     pub quiet: bool,
+    /// Record each second's latencies too (the progress lines and the report's per-second
+    /// series); a second histogram costs every operation about 10 ns.
+    pub per_second_latency: bool,
     /// A tag carried into the report.
     pub label: String,
 }
@@ -155,7 +191,7 @@ impl Plan {
         };
         Plan {
             mode,
-            target,
+            targets: vec![target],
             connections,
             duration: Duration::from_secs(5),
             warmup: if mode == Mode::Idle {
@@ -166,6 +202,7 @@ impl Plan {
             size,
             pipeline: 1,
             rate: None,
+            strict_rate: false,
             connect_rate: None,
             senders: 1,
             window: 64,
@@ -177,6 +214,7 @@ impl Plan {
             drain: Duration::from_secs(2),
             setup_timeout: Duration::from_secs(30),
             quiet: false,
+            per_second_latency: true,
             label: String::new(),
         }
     }
@@ -191,8 +229,12 @@ impl Plan {
             }
     }
 
-    /// Check the plan; the error says what is wrong.
+    /// Check the plan; the error says what is wrong. Pure: whether `--pid` and `--cpu` exist on
+    /// this machine is checked when the run starts.
     pub fn validate(&self) -> Result<(), String> {
+        if self.targets.is_empty() {
+            return Err("--target needs at least one address".into());
+        }
         if self.connections == 0 {
             return Err("--connections must be at least 1".into());
         }
@@ -202,15 +244,22 @@ impl Plan {
         if self.duration.is_zero() {
             return Err("--duration must be positive".into());
         }
-        if self.pipeline == 0 {
-            return Err("--pipeline must be at least 1".into());
+        for (flag, d) in [
+            ("--duration", self.duration),
+            ("--warmup", self.warmup),
+            ("--drain", self.drain),
+            ("--setup-timeout", self.setup_timeout),
+        ] {
+            if d > MAX_DURATION {
+                return Err(format!("{flag} may be at most 10 years"));
+            }
         }
-        if self.rate.is_some_and(|r| r <= 0.0 || !r.is_finite())
-            || self
-                .connect_rate
-                .is_some_and(|r| r <= 0.0 || !r.is_finite())
-        {
-            return Err("rates must be positive".into());
+        if self.pipeline == 0 || self.pipeline > MAX_IN_FLIGHT {
+            return Err(format!("--pipeline must be 1..{MAX_IN_FLIGHT}"));
+        }
+        let bad_rate = |r: Option<f64>| r.is_some_and(|r| !(r > 0.0 && r <= MAX_RATE));
+        if bad_rate(self.rate) || bad_rate(self.connect_rate) {
+            return Err("rates must be positive and at most 1g per second".into());
         }
         match self.mode {
             Mode::Echo if self.size == 0 => Err("echo needs --size of at least 1".into()),
@@ -229,44 +278,76 @@ impl Plan {
             Mode::Broadcast if self.senders == 0 || self.senders > line::MAX_SENDERS => {
                 Err(format!("--senders must be 1..{}", line::MAX_SENDERS))
             }
-            Mode::Broadcast if self.window == 0 => Err("--window must be at least 1".into()),
+            Mode::Broadcast if self.window == 0 || self.window > MAX_IN_FLIGHT => {
+                Err(format!("--window must be 1..{MAX_IN_FLIGHT}"))
+            }
             Mode::Connect | Mode::Idle if self.size > READ_BUF => {
                 Err(format!("the probe --size may be at most {READ_BUF}"))
             }
             _ => Ok(()),
         }
     }
+
+    /// Check what the plan names on this machine: the `--pid` process must exist and the
+    /// `--cpu` must be online, or their figures would be made up.
+    fn check_host(&self) -> Result<(), String> {
+        if let Some(pid) = self.pid
+            && !crate::procfs::process_exists(pid)
+        {
+            return Err(format!(
+                "--pid {pid}: no such process (/proc/{pid} does not exist)"
+            ));
+        }
+        if let Some(cpu) = self.cpu {
+            let ids = crate::procfs::cpu_ids().map_err(|e| format!("--cpu: /proc/stat: {e}"))?;
+            if !ids.contains(&cpu) {
+                let list: Vec<String> = ids.iter().map(|c| c.to_string()).collect();
+                return Err(format!(
+                    "--cpu {cpu}: this machine's CPUs are {}",
+                    list.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What every worker shares: read-only tables, and the few counters modes coordinate through.
-pub struct Shared {
+pub(crate) struct Shared {
     pub pattern: payload::Pattern,
     /// The broadcast lines' printable filler.
     pub filler: line::Filler,
     /// Broadcast timestamps are nanoseconds since this instant (one process, one clock).
     pub epoch: Instant,
-    /// Broadcast: connections that have seen a sync line.
-    pub synced: AtomicU64,
     /// Broadcast: connections open (a line is delivered when all of them but its sender have it).
     pub live: AtomicU64,
     /// Broadcast: each sender's send window.
     pub windows: Vec<broadcast::Window>,
 }
 
-/// Run `plan` to the end and report. Errors: a plan that cannot run (bad values, not enough file
-/// descriptors, a thread that cannot start). Failures of the server are not errors of the run:
-/// they are counted in the report.
+/// A run that cannot start: a usage error (bad values, not enough descriptors, a `--pid` that
+/// does not exist): [`io::ErrorKind::InvalidInput`], exit status 2.
+fn usage_error(e: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e)
+}
+
+/// Run `plan` to the end and report.
+///
+/// Errors: a plan that cannot run ([`io::ErrorKind::InvalidInput`]: bad values, not enough file
+/// descriptors, a `--pid` or `--cpu` that does not exist); a setup that could not open a single
+/// connection (the error names the target and why); a thread that cannot start. Failures of the
+/// server once the run is going are not errors of the run: they are counted in the report.
 pub fn run(plan: &Plan) -> io::Result<Report> {
-    plan.validate()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    plan.validate().map_err(usage_error)?;
+    plan.check_host().map_err(usage_error)?;
     check_fd_limit(plan.sockets())?;
+    let started = SystemTime::now();
     let threads = plan.threads.min(plan.sockets());
     let pattern = payload::Pattern::new();
     let shared = Arc::new(Shared {
         filler: line::Filler::new(&pattern),
         pattern,
         epoch: Instant::now(),
-        synced: AtomicU64::new(0),
         live: AtomicU64::new(0),
         windows: if plan.mode == Mode::Broadcast {
             let window = if plan.rate.is_some() {
@@ -311,166 +392,337 @@ pub fn run(plan: &Plan) -> io::Result<Report> {
         workers.push((cmd_tx, waker, handle));
     }
     drop(msg_tx);
-    let tell = |cmd: &dyn Fn() -> Command| {
-        for (tx, waker, _) in &workers {
+    let coordinator = Coordinator {
+        plan,
+        messages: msg_rx,
+        workers,
+    };
+    let outcome = coordinator.drive(&shared, setup_start, before);
+    coordinator.stop_and_join();
+    let mut m = outcome?;
+    m.started = started;
+    Ok(Report::new(plan, m))
+}
+
+/// The coordinator's side of the run: the workers' channels, and the run's three phases.
+struct Coordinator<'a> {
+    plan: &'a Plan,
+    messages: mpsc::Receiver<Message>,
+    workers: Vec<(
+        mpsc::Sender<Command>,
+        Arc<mio::Waker>,
+        thread::JoinHandle<()>,
+    )>,
+}
+
+/// What setup came to, over every worker.
+#[derive(Default)]
+struct Setup {
+    open: u64,
+    errors: tally::Errors,
+    causes: Causes,
+    timed_out: bool,
+}
+
+impl Coordinator<'_> {
+    fn tell(&self, cmd: &dyn Fn() -> Command) {
+        for (tx, waker, _) in &self.workers {
             let _ = tx.send(cmd());
             let _ = waker.wake();
         }
-    };
+    }
 
-    // 1. Setup.
-    let mut settled = 0;
-    let mut open = 0;
-    let deadline = setup_start + plan.setup_timeout;
-    while settled < threads {
-        match msg_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(Message::Settled { open: n, .. }) => {
-                settled += 1;
-                open += n;
+    /// Stop every worker that is still running and wait for them all.
+    fn stop_and_join(self) {
+        self.tell(&|| Command::Stop);
+        for (_, _, handle) in self.workers {
+            let _ = handle.join();
+        }
+    }
+
+    /// The run, from setup to the last worker's result.
+    fn drive(
+        &self,
+        shared: &Shared,
+        setup_start: Instant,
+        before: procstat::Snapshot,
+    ) -> io::Result<Measured> {
+        let plan = self.plan;
+        let setup = self.settle(setup_start)?;
+        if setup.open == 0 && !setup.timed_out {
+            return Err(setup_failure(plan, &setup));
+        }
+        let unsynced = if plan.mode == Mode::Broadcast {
+            self.sync(shared, setup.open)?
+        } else {
+            0
+        };
+        let setup_s = setup_start.elapsed().as_secs_f64();
+        if !plan.quiet && plan.mode != Mode::Connect {
+            eprintln!("{}", setup_line(plan, &setup, setup_s, unsynced));
+        }
+        self.load(shared, setup_start, setup_s, unsynced, before)
+    }
+
+    /// 1. Setup: wait for every worker to settle (or the setup timeout).
+    fn settle(&self, setup_start: Instant) -> io::Result<Setup> {
+        let plan = self.plan;
+        let mut setup = Setup::default();
+        let mut settled = 0;
+        let deadline = setup_start + plan.setup_timeout;
+        while settled < self.workers.len() {
+            match self
+                .messages
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(Message::Settled {
+                    open,
+                    errors,
+                    causes,
+                    ..
+                }) => {
+                    settled += 1;
+                    setup.open += open;
+                    setup.errors += errors;
+                    setup.causes.merge(&causes);
+                }
+                Ok(Message::Failed { worker, error }) => return Err(worker_failed(worker, error)),
+                Ok(_) => {}
+                Err(_) => {
+                    if !plan.quiet {
+                        eprintln!(
+                            "setup: timed out after {:.1} s; starting anyway",
+                            plan.setup_timeout.as_secs_f64()
+                        );
+                    }
+                    setup.timed_out = true;
+                    break;
+                }
             }
-            Ok(Message::Failed { error, .. }) => {
-                tell(&|| Command::Stop);
-                return Err(io::Error::other(error));
+        }
+        Ok(setup)
+    }
+
+    /// Broadcast: start the sync handshake and wait (on the workers' messages) until every
+    /// connection but sender 0 has seen a sync line, or [`SYNC_TIMEOUT`] (at most the setup
+    /// timeout). Returns how many never did.
+    fn sync(&self, shared: &Shared, open: u64) -> io::Result<u64> {
+        shared
+            .live
+            .store(open, std::sync::atomic::Ordering::Relaxed);
+        self.tell(&|| Command::Sync);
+        let want = open.saturating_sub(1);
+        let mut by_worker = vec![0; self.workers.len()];
+        let until = Instant::now() + SYNC_TIMEOUT.min(self.plan.setup_timeout);
+        while by_worker.iter().sum::<u64>() < want {
+            match self
+                .messages
+                .recv_timeout(until.saturating_duration_since(Instant::now()))
+            {
+                Ok(Message::Synced { worker, synced }) => by_worker[worker] = synced,
+                Ok(Message::Failed { worker, error }) => return Err(worker_failed(worker, error)),
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(io::Error::other("a bench worker exited during the sync"));
+                }
             }
-            Ok(_) => {}
-            Err(_) => {
+        }
+        Ok(want.saturating_sub(by_worker.iter().sum()))
+    }
+
+    /// Steps 2 and 3: the load, the progress lines and the per-second series, until every
+    /// worker has finished its drain; then the totals.
+    fn load(
+        &self,
+        shared: &Shared,
+        setup_start: Instant,
+        setup_s: f64,
+        unsynced: u64,
+        before: procstat::Snapshot,
+    ) -> io::Result<Measured> {
+        let plan = self.plan;
+        let threads = self.workers.len();
+        let timeline = Timeline::new(Instant::now(), plan.warmup, plan.duration, plan.drain);
+        self.tell(&|| Command::Start(timeline));
+        let mut at_start = (plan.mode == Mode::Idle).then_some(before);
+        let mut at_end = None;
+        let mut next_tick = timeline.start + worker::INTERVAL + Duration::from_millis(50);
+        let mut last_tick = timeline.start;
+        let mut interval_ops = 0;
+        let mut interval_latency = Latency::new();
+        let mut errors_by_worker = vec![tally::Errors::default(); threads];
+        let mut series = Vec::new();
+        let mut results: Vec<Option<WorkerResult>> = (0..threads).map(|_| None).collect();
+        let mut done = 0;
+        while done < threads {
+            let now = Instant::now();
+            if at_start.is_none() && now >= timeline.measure_from {
+                at_start = Some(procstat::snapshot(plan.pid, plan.cpu));
+            }
+            if at_end.is_none() && now >= timeline.measure_until {
+                at_end = Some(procstat::snapshot(plan.pid, plan.cpu));
+            }
+            if now >= next_tick {
+                let errors = errors_by_worker.iter().map(|e| e.total()).sum::<u64>() + unsynced;
+                let secs = now.duration_since(last_tick).as_secs_f64();
+                let sample = Interval {
+                    t_s: now.duration_since(timeline.start).as_secs_f64(),
+                    ops: interval_ops,
+                    per_sec: interval_ops as f64 / secs,
+                    latency: interval_latency.percentiles(),
+                    errors,
+                };
                 if !plan.quiet {
+                    let p99 = (sample.latency.count > 0).then_some(sample.latency.p99);
                     eprintln!(
-                        "setup: timed out after {:?}; starting anyway",
-                        plan.setup_timeout
+                        "{}",
+                        report::progress_line(
+                            now.duration_since(timeline.start),
+                            sample.per_sec,
+                            plan.mode.op_name(),
+                            p99,
+                            errors
+                        )
                     );
                 }
-                break;
+                series.push(sample);
+                interval_ops = 0;
+                interval_latency.reset();
+                last_tick = now;
+                next_tick += worker::INTERVAL;
+            }
+            let mut wake = next_tick;
+            if at_start.is_none() {
+                wake = wake.min(timeline.measure_from);
+            }
+            if at_end.is_none() {
+                wake = wake.min(timeline.measure_until);
+            }
+            match self
+                .messages
+                .recv_timeout(wake.saturating_duration_since(now))
+            {
+                Ok(Message::Interval {
+                    worker,
+                    ops,
+                    latency,
+                    errors,
+                }) => {
+                    interval_ops += ops;
+                    interval_latency.merge(&latency);
+                    errors_by_worker[worker] = errors;
+                }
+                Ok(Message::Done { worker, result }) => {
+                    results[worker] = Some(*result);
+                    done += 1;
+                }
+                Ok(Message::Failed { worker, error }) => return Err(worker_failed(worker, error)),
+                Ok(Message::Settled { .. } | Message::Synced { .. })
+                | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(io::Error::other("a bench worker exited without a result"));
+                }
             }
         }
-    }
-    let mut unsynced = 0;
-    if plan.mode == Mode::Broadcast {
-        shared.live.store(open, Ordering::Relaxed);
-        tell(&|| Command::Sync);
-        let want = open.saturating_sub(1);
-        let until = Instant::now() + SYNC_TIMEOUT;
-        while shared.synced.load(Ordering::Relaxed) < want && Instant::now() < until {
-            thread::sleep(Duration::from_millis(2));
-        }
-        unsynced = want.saturating_sub(shared.synced.load(Ordering::Relaxed));
-    }
-    let setup_s = setup_start.elapsed().as_secs_f64();
-    if !plan.quiet && plan.mode != Mode::Connect {
-        eprintln!(
-            "setup: {open} of {} connections open in {setup_s:.2} s{}",
-            plan.sockets(),
-            if unsynced > 0 {
-                format!(", {unsynced} never synced")
-            } else {
-                String::new()
-            }
-        );
-    }
+        let at_end = at_end.unwrap_or_else(|| procstat::snapshot(plan.pid, plan.cpu));
+        let at_start = at_start.unwrap_or(at_end);
 
-    // 2. Load.
-    let timeline = Timeline::new(Instant::now(), plan.warmup, plan.duration, plan.drain);
-    tell(&|| Command::Start(timeline));
-    let mut at_start = None;
-    let mut at_end = None;
-    if plan.mode == Mode::Idle {
-        at_start = Some(before);
+        // Totals.
+        let results: Vec<WorkerResult> = results.into_iter().flatten().collect();
+        let mut tally = Tally::default();
+        for r in &results {
+            tally.merge(&r.tally);
+        }
+        tally.errors.unsynced += unsynced;
+        if plan.mode == Mode::Broadcast {
+            tally.errors.lost += broadcast::undelivered(shared, &results);
+        }
+        let open: u64 = results.iter().map(|r| r.open).sum();
+        let window_s = timeline.window_secs();
+        // Idle's figures cover the whole hold, connections opening included.
+        let secs = if plan.mode == Mode::Idle {
+            (timeline.measure_until - setup_start).as_secs_f64()
+        } else {
+            window_s
+        };
+        let usage = procstat::usage(&at_start, &at_end, secs, crate::procfs::ticks_per_sec());
+        Ok(Measured {
+            tally,
+            open,
+            window_s,
+            setup_s,
+            before,
+            end: at_end,
+            usage,
+            series,
+            started: SystemTime::now(),
+            server_children: plan.pid.and_then(crate::procfs::child_count),
+        })
     }
-    let mut next_tick = timeline.start + worker::INTERVAL + Duration::from_millis(50);
-    let mut last_tick = timeline.start;
-    let mut interval_ops = 0;
-    let mut interval_latency = Latency::new();
-    let mut errors_by_worker = vec![Errors::default(); threads];
-    let mut results: Vec<Option<WorkerResult>> = (0..threads).map(|_| None).collect();
-    let mut done = 0;
-    while done < threads {
-        let now = Instant::now();
-        if at_start.is_none() && now >= timeline.measure_from {
-            at_start = Some(procstat::snapshot(plan.pid, plan.cpu));
-        }
-        if at_end.is_none() && now >= timeline.measure_until {
-            at_end = Some(procstat::snapshot(plan.pid, plan.cpu));
-        }
-        if now >= next_tick {
-            if !plan.quiet {
-                let errors: u64 = errors_by_worker.iter().map(|e| e.total()).sum();
-                let secs = now.duration_since(last_tick).as_secs_f64();
-                eprintln!(
-                    "{}",
-                    report::progress_line(
-                        now.duration_since(timeline.start),
-                        interval_ops as f64 / secs,
-                        plan.mode.op_name(),
-                        interval_latency.percentile(99.0),
-                        errors + unsynced
-                    )
-                );
-            }
-            interval_ops = 0;
-            interval_latency.reset();
-            last_tick = now;
-            next_tick += worker::INTERVAL;
-        }
-        let mut wake = next_tick;
-        if at_start.is_none() {
-            wake = wake.min(timeline.measure_from);
-        }
-        if at_end.is_none() {
-            wake = wake.min(timeline.measure_until);
-        }
-        match msg_rx.recv_timeout(wake.saturating_duration_since(now)) {
-            Ok(Message::Interval {
-                worker,
-                ops,
-                latency,
-                errors,
-            }) => {
-                interval_ops += ops;
-                interval_latency.merge(&latency);
-                errors_by_worker[worker] = errors;
-            }
-            Ok(Message::Done { worker, result }) => {
-                results[worker] = Some(*result);
-                done += 1;
-            }
-            Ok(Message::Failed { error, .. }) => {
-                tell(&|| Command::Stop);
-                return Err(io::Error::other(error));
-            }
-            Ok(Message::Settled { .. }) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(io::Error::other("a bench worker exited without a result"));
-            }
-        }
-    }
-    let at_end = at_end.unwrap_or_else(|| procstat::snapshot(plan.pid, plan.cpu));
-    let at_start = at_start.unwrap_or(at_end);
-    for (_, _, handle) in workers {
-        let _ = handle.join();
-    }
+}
 
-    // 3. Totals.
-    let results: Vec<WorkerResult> = results.into_iter().flatten().collect();
-    let mut tally = Tally::default();
-    for r in &results {
-        tally.merge(&r.tally);
-    }
-    tally.errors.unsynced += unsynced;
-    if plan.mode == Mode::Broadcast {
-        tally.errors.lost += broadcast::undelivered(&shared, &results);
-    }
-    let held: u64 = results.iter().map(|r| r.open).sum();
-    let window_s = timeline.window_secs();
-    // Idle's figures cover the whole hold, connections opening included.
-    let secs = if plan.mode == Mode::Idle {
-        (timeline.measure_until - setup_start).as_secs_f64()
-    } else {
-        window_s
+/// A worker could not run (no poller, no socket...): the run is abandoned.
+fn worker_failed(worker: usize, error: String) -> io::Error {
+    io::Error::other(format!("bench worker {worker} failed: {error}"))
+}
+
+/// Why a setup opened nothing, in one line: the most frequent cause, named with its target.
+fn setup_failure(plan: &Plan, setup: &Setup) -> io::Error {
+    let all = plan.sockets();
+    let cause = [CauseKind::Send, CauseKind::Connect, CauseKind::Closed]
+        .into_iter()
+        .find_map(|k| setup.causes.top(k));
+    let why = match cause {
+        Some(c) => report::cause_words(c, plan),
+        None if setup.errors.corrupt > 0 => format!(
+            "{}: the probe came back altered",
+            report::targets_text(plan)
+        ),
+        None if setup.errors.timeouts > 0 => {
+            format!("{}: connects timed out", report::targets_text(plan))
+        }
+        None if plan.mode == Mode::Udp => format!(
+            "udp {}: no reply to probe datagrams within {} s (is a UDP echo server there?)",
+            report::targets_text(plan),
+            udp::PROBE_TIMEOUT.as_secs()
+        ),
+        None => format!("{}: nothing could be opened", report::targets_text(plan)),
     };
-    let usage = procstat::usage(&at_start, &at_end, secs, crate::procfs::ticks_per_sec());
-    Ok(Report::new(
-        plan, tally, held, window_s, setup_s, &before, &at_end, usage,
-    ))
+    let tail = match cause.map(|c| c.kind) {
+        Some(CauseKind::Closed) => format!("the server closed all {all} connections in setup"),
+        _ if plan.mode == Mode::Udp => format!("0 of {all} sockets answered"),
+        _ => format!("0 of {all} connections opened"),
+    };
+    io::Error::other(format!("{why} ({tail})"))
+}
+
+/// `setup: 8 of 10 connections open in 0.01 s; 2 failed: connect 127.0.0.1:7001: Connection
+/// refused x2`.
+fn setup_line(plan: &Plan, setup: &Setup, setup_s: f64, unsynced: u64) -> String {
+    let mut line = format!(
+        "setup: {} of {} {} in {setup_s:.2} s",
+        setup.open,
+        plan.sockets(),
+        if plan.mode == Mode::Udp {
+            "sockets answered"
+        } else {
+            "connections open"
+        }
+    );
+    let failed: Vec<String> = setup
+        .causes
+        .sorted()
+        .iter()
+        .map(|c| report::cause_text(c, plan))
+        .collect();
+    if !failed.is_empty() {
+        line += &format!("; failed: {}", failed.join(", "));
+    }
+    if unsynced > 0 {
+        line += &format!(", {unsynced} never synced");
+    }
+    line
 }
 
 /// Build this worker's driver for the plan's mode and run it.
@@ -484,8 +736,8 @@ fn run_worker(
     ids: Vec<usize>,
 ) -> io::Result<()> {
     let churn = plan.mode == Mode::Connect;
-    let sources = source_addrs(plan.target, plan.sockets(), plan.src_ips, churn);
-    let dialer = Dialer::new(plan.target, sources, index);
+    let sources = source_addrs(&plan.targets, plan.sockets(), plan.src_ips, churn);
+    let dialer = Dialer::new(plan.targets.clone(), sources, index);
     // Setup pacing (every mode but connect, which paces its cycles once the load starts).
     let connect_pacer = plan
         .connect_rate
@@ -523,21 +775,18 @@ fn check_fd_limit(sockets: usize) -> io::Result<()> {
     // Each worker also holds an epoll, a waker and a timer; stdio and a margin.
     let need = sockets.saturating_add(64);
     if need > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "{sockets} connections need about {need} file descriptors but the limit is \
-                 {limit} (ulimit -n): raise it, or split the load over several `resound bench` \
-                 processes"
-            ),
-        ));
+        return Err(usage_error(format!(
+            "{sockets} connections need about {need} file descriptors but the limit is {limit} \
+             (ulimit -n): raise it, or split the load over several `resound bench` processes"
+        )));
     }
     Ok(())
 }
 
 /// `resound bench`: run, print the summary (or the JSON line) on stdout, and turn the result into
-/// the exit status: 0 if every payload arrived intact, 1 on any error, 2 if the run could not
-/// start (like a usage error).
+/// the exit status: 0 if every payload arrived intact; 1 on any error, when nothing could be
+/// measured, or when the setup opened nothing (the message says why); 2 if the run could not
+/// start (a usage error).
 pub fn main(args: BenchArgs) -> std::process::ExitCode {
     let json = args.json;
     let plan = args.into_plan();
@@ -552,7 +801,8 @@ pub fn main(args: BenchArgs) -> std::process::ExitCode {
         }
         Err(e) => {
             eprintln!("resound bench: {e}");
-            std::process::ExitCode::from(2)
+            let usage = e.kind() == io::ErrorKind::InvalidInput;
+            std::process::ExitCode::from(if usage { 2 } else { 1 })
         }
     }
 }

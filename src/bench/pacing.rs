@@ -7,6 +7,12 @@
 //! its latency is measured from that time, not from when the generator actually got to send it:
 //! a stall then shows up in every message that should have been sent during it.
 //!
+//! **A schedule the generator cannot keep.** Coordinated-omission correction charges the server
+//! for every operation late because of *it*. But if the generator itself falls behind — it cannot
+//! issue operations as fast as the schedule asks — its own backlog would be charged instead, and
+//! it would keep growing. So an operation more than [`MAX_LAG`] behind its intended time is not
+//! sent at all: it is counted as *never sent*, and the report says the rate was not reached.
+//!
 //! Pure: the caller passes `now` in.
 
 use std::time::{Duration, Instant};
@@ -35,6 +41,11 @@ pub enum Phase {
 }
 
 impl Timeline {
+    /// The phases from `start` on. The durations are at most [`MAX_DURATION`] each (the command
+    /// line and [`Plan::validate`] see to it), so these sums cannot overflow.
+    ///
+    /// [`MAX_DURATION`]: crate::units::MAX_DURATION
+    /// [`Plan::validate`]: super::Plan::validate
     pub fn new(start: Instant, warmup: Duration, duration: Duration, drain: Duration) -> Timeline {
         let measure_from = start + warmup;
         let measure_until = measure_from + duration;
@@ -74,16 +85,28 @@ impl Timeline {
     }
 }
 
+/// How far behind its schedule the generator may fall before it gives operations up.
+pub const MAX_LAG: Duration = Duration::from_millis(100);
+
+/// Operations a driver takes from its schedule per loop turn at most, so that a generator behind
+/// schedule still reads its sockets between bursts (and its replies are still timed).
+pub const BURST: usize = 1024;
+
 /// An open-loop schedule: operation `k` (from 0) is due at `start + k / rate`.
 ///
 /// Due times are computed from `k`, never accumulated, so rounding never drifts; and a generator
-/// that falls behind gets every missed operation back at once, each with its own intended time.
+/// that falls behind gets every missed operation back at once, each with its own intended time —
+/// up to [`MAX_LAG`] behind; older ones are skipped and counted.
 #[derive(Clone, Debug)]
 pub struct Pacer {
     start: Instant,
     /// Nanoseconds between operations (fractional: 3 per second is 333 333 333.3 ns).
     interval_ns: f64,
+    /// Operations taken so far (handed to the driver to send).
     issued: u64,
+    /// Operations given up: due more than [`MAX_LAG`] ago, or never taken before the window
+    /// closed ([`Pacer::close`]).
+    skipped: u64,
 }
 
 impl Pacer {
@@ -94,23 +117,57 @@ impl Pacer {
             start,
             interval_ns: 1e9 / rate,
             issued: 0,
+            skipped: 0,
         }
     }
 
     /// When operation `k` is due.
     pub fn due_at(&self, k: u64) -> Instant {
+        // Saturating float-to-int casts: a schedule centuries long is nonsense, never a panic.
         self.start + Duration::from_nanos((k as f64 * self.interval_ns) as u64)
     }
 
-    /// Take the next operation if it is due by `now`; returns its intended send time.
-    pub fn next_due(&mut self, now: Instant) -> Option<Instant> {
-        let at = self.due_at(self.issued);
-        if at <= now {
-            self.issued += 1;
-            Some(at)
-        } else {
-            None
+    /// The first operation due at or after `t`.
+    fn first_due_from(&self, t: Instant) -> u64 {
+        let ns = t.saturating_duration_since(self.start).as_nanos() as f64;
+        let mut k = (ns / self.interval_ns).ceil() as u64;
+        // The division rounds; settle on the exact boundary with `due_at` itself.
+        while k > 0 && self.due_at(k - 1) >= t {
+            k -= 1;
         }
+        while self.due_at(k) < t {
+            k += 1;
+        }
+        k
+    }
+
+    /// Take the next operation if it is due by `now`; returns its intended send time.
+    /// Operations due more than [`MAX_LAG`] before `now` are skipped first.
+    pub fn next_due(&mut self, now: Instant) -> Option<Instant> {
+        let mut at = self.due_at(self.issued);
+        if at > now {
+            return None;
+        }
+        if now.duration_since(at) > MAX_LAG {
+            let k = self.first_due_from(now - MAX_LAG);
+            self.skipped += k - self.issued;
+            self.issued = k;
+            at = self.due_at(k);
+            if at > now {
+                return None;
+            }
+        }
+        self.issued += 1;
+        Some(at)
+    }
+
+    /// The window is over: give up every operation due before `until` not taken yet, and return
+    /// (operations the schedule called for, operations given up) over the whole schedule.
+    pub fn close(&mut self, until: Instant) -> (u64, u64) {
+        let k = self.first_due_from(until).max(self.issued);
+        self.skipped += k - self.issued;
+        self.issued = k;
+        (self.issued, self.skipped)
     }
 
     /// When the next operation is due (for the poll timeout).
@@ -118,9 +175,16 @@ impl Pacer {
         self.due_at(self.issued)
     }
 
-    /// Operations taken so far.
+    /// Operations taken so far (skipped ones included).
+    #[cfg(test)]
     pub fn issued(&self) -> u64 {
         self.issued
+    }
+
+    /// Operations given up so far.
+    #[cfg(test)]
+    pub fn skipped(&self) -> u64 {
+        self.skipped
     }
 }
 
@@ -177,6 +241,36 @@ mod tests {
         assert_eq!(due[0], t0);
         assert_eq!(due[10], t0 + ms(10));
         assert_eq!(p.issued(), 11);
+    }
+
+    #[test]
+    fn test_a_generator_far_behind_skips_what_is_too_late_and_counts_it() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(t0, 1000.0); // every 1 ms
+        // Stalled for 1 s: the operations due more than MAX_LAG (100 ms) ago are given up; the
+        // rest come back with their own intended times, the oldest 100 ms late.
+        let now = t0 + ms(1000);
+        assert_eq!(p.next_due(now), Some(t0 + ms(900)));
+        assert_eq!(p.skipped(), 900);
+        let rest = std::iter::from_fn(|| p.next_due(now)).count();
+        assert_eq!(rest, 100);
+        assert_eq!(p.issued(), 1001);
+        // The window closes at 1.5 s with the generator stuck at 1 s: the 499 operations due
+        // in between were never taken; 1500 were called for in all.
+        assert_eq!(p.close(t0 + ms(1500)), (1500, 900 + 499));
+        // Closing again changes nothing.
+        assert_eq!(p.close(t0 + ms(1500)), (1500, 1399));
+    }
+
+    #[test]
+    fn test_a_slow_schedule_is_not_skipped_over() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(t0, 2.0); // every 500 ms: lag is measured per operation
+        assert_eq!(p.next_due(t0 + ms(10)), Some(t0));
+        assert_eq!(p.next_due(t0 + ms(550)), Some(t0 + ms(500)));
+        assert_eq!(p.next_due(t0 + ms(1200)), None); // op 2 (1000 ms) is 200 ms late: skipped
+        assert_eq!(p.skipped(), 1);
+        assert_eq!(p.next_at(), t0 + ms(1500));
     }
 
     #[test]

@@ -31,6 +31,7 @@ impl Default for Pattern {
 }
 
 impl Pattern {
+    /// Build the table (128 KiB, computed once per run).
     pub fn new() -> Pattern {
         let mut table = vec![0u8; PERIOD + MAX_CHUNK];
         let mut x: u64 = 0x2545_F491_4F6C_DD1D;
@@ -105,15 +106,34 @@ pub fn fill_datagram(pattern: &Pattern, socket: u32, seq: u64, buf: &mut [u8]) {
     body.copy_from_slice(pattern.slice(datagram_phase(socket, seq), 0, len));
 }
 
-/// Why a received datagram was rejected.
+/// Why a received datagram was rejected. Where its header still reads, the sequence number it
+/// carries is given, so the datagram it answers is accounted for once (as corrupt, not also as
+/// lost).
 #[derive(Debug, PartialEq, Eq)]
 pub enum DatagramError {
     /// Not the size sent, or shorter than a header.
-    Size,
+    Size {
+        /// The sequence number, if the header is whole.
+        seq: Option<u64>,
+    },
     /// Sent by another socket (the server answered the wrong peer).
     WrongSocket,
     /// The body differs from what was sent.
-    Corrupt,
+    Corrupt {
+        /// The sequence number it carries.
+        seq: u64,
+    },
+}
+
+impl DatagramError {
+    /// The sequence number of the datagram this reply answers, if it can be told.
+    pub fn seq(&self) -> Option<u64> {
+        match *self {
+            DatagramError::Size { seq } => seq,
+            DatagramError::Corrupt { seq } => Some(seq),
+            DatagramError::WrongSocket => None,
+        }
+    }
 }
 
 /// Check a datagram that came back to socket `socket`, expecting `size` bytes; returns its
@@ -124,16 +144,19 @@ pub fn check_datagram(
     size: usize,
     got: &[u8],
 ) -> Result<u64, DatagramError> {
-    if got.len() != size || got.len() < DATAGRAM_HEADER {
-        return Err(DatagramError::Size);
+    if got.len() < DATAGRAM_HEADER {
+        return Err(DatagramError::Size { seq: None });
     }
     let seq = u64::from_le_bytes(got[..8].try_into().expect("8 bytes"));
     let from = u32::from_le_bytes(got[8..12].try_into().expect("4 bytes"));
     if from != socket {
         return Err(DatagramError::WrongSocket);
     }
+    if got.len() != size {
+        return Err(DatagramError::Size { seq: Some(seq) });
+    }
     if !pattern.matches(datagram_phase(socket, seq), 0, &got[DATAGRAM_HEADER..]) {
-        return Err(DatagramError::Corrupt);
+        return Err(DatagramError::Corrupt { seq });
     }
     Ok(seq)
 }
@@ -223,13 +246,21 @@ mod tests {
             check_datagram(&p, 6, 64, &buf),
             Err(DatagramError::WrongSocket)
         );
-        assert_eq!(check_datagram(&p, 5, 65, &buf), Err(DatagramError::Size));
+        let short = DatagramError::Size { seq: Some(42) };
+        assert_eq!(check_datagram(&p, 5, 65, &buf), Err(short));
         assert_eq!(
-            check_datagram(&p, 5, 64, &buf[..63]),
-            Err(DatagramError::Size)
+            check_datagram(&p, 5, 64, &buf[..63]).unwrap_err().seq(),
+            Some(42)
+        );
+        assert_eq!(
+            check_datagram(&p, 5, 64, &buf[..11]),
+            Err(DatagramError::Size { seq: None })
         );
         buf[40] ^= 0x80;
-        assert_eq!(check_datagram(&p, 5, 64, &buf), Err(DatagramError::Corrupt));
+        assert_eq!(
+            check_datagram(&p, 5, 64, &buf),
+            Err(DatagramError::Corrupt { seq: 42 })
+        );
         // The smallest datagram is a bare header.
         let mut tiny = vec![0; DATAGRAM_HEADER];
         fill_datagram(&p, 1, 7, &mut tiny);

@@ -8,8 +8,14 @@
 //! Sockets are registered once for both READABLE and WRITABLE, edge-triggered: writable events
 //! come only after a write has filled the socket, so they cost nothing while writes succeed, and
 //! no `epoll_ctl` is needed to switch interest.
+//!
+//! Every driver reads, writes and gives up on a connection through the pool: [`Pool::read_all`]
+//! is the one read loop (until `WouldBlock`, with the hang-up rule), [`Pool::write_some`] the one
+//! write loop, and [`Pool::fail`] counts a failed connection once, with its cause, and closes it.
 
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
@@ -18,6 +24,7 @@ use mio::{Interest, Token};
 
 use super::dial::{Dialer, connect_finished};
 use super::pacing::Pacer;
+use super::tally::CauseKind;
 use super::worker::Cx;
 
 /// Connects in progress at once per worker during setup: enough to open thousands of
@@ -62,17 +69,39 @@ pub enum LinkEvent {
     Ready { readable: bool, writable: bool },
 }
 
-/// What one `read` produced.
-pub enum ReadResult {
-    Data(usize),
+/// How a connection ended from our side's point of view.
+#[derive(Debug)]
+pub enum Hangup {
+    /// The server closed it in order (`read` returned 0).
     Eof,
-    WouldBlock,
-    Failed,
+    /// Reset, or another error (with its errno).
+    Failed(io::Error),
+}
+
+/// Where [`Pool::read_all`] stopped.
+#[derive(Debug)]
+pub enum ReadEnd<B> {
+    /// Everything the socket had was handled; more will raise a new edge.
+    Drained,
+    /// The peer closed the connection, or it failed.
+    Hangup(Hangup),
+    /// The handler stopped reading (it found something wrong) and said why.
+    Stopped(B),
+}
+
+/// Why a connection is given up (see [`Pool::fail`]).
+#[derive(Debug)]
+pub enum Fault {
+    /// The server closed or reset it, or a read or write failed.
+    Closed(Hangup),
+    /// It delivered bytes other than those expected.
+    Corrupt,
 }
 
 pub struct Pool<S> {
     pub links: Vec<Link<S>>,
     dialer: Dialer,
+    /// Connects in progress (the setup keeps at most [`MAX_CONNECTING`]).
     connecting: usize,
     /// Links below this index have been opened at least once (setup opens them in order).
     next_unopened: usize,
@@ -108,7 +137,7 @@ impl<S> Pool<S> {
         link.generation = link.generation.wrapping_add(1);
         link.hup = false;
         let token = Self::token(i, link.generation);
-        let opened = self.dialer.dial().and_then(|mut stream| {
+        let opened = self.dialer.dial(link.id).and_then(|mut stream| {
             cx.registry
                 .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
             Ok(stream)
@@ -120,12 +149,19 @@ impl<S> Pool<S> {
                 self.connecting += 1;
                 true
             }
-            Err(_) => {
+            Err(e) => {
                 cx.tally.errors.connect += 1;
+                let target = self.dialer.target(link.id);
+                cx.tally.causes.count(CauseKind::Connect, target, Some(&e));
                 link.state = LinkState::Dead;
                 false
             }
         }
+    }
+
+    /// The server address of link `i`.
+    pub fn target(&self, i: usize) -> SocketAddr {
+        self.dialer.target(self.links[i].id)
     }
 
     /// Setup: open links in order, at most [`MAX_CONNECTING`] in progress at once, and no faster
@@ -153,10 +189,6 @@ impl<S> Pool<S> {
         self.next_unopened == self.links.len() && self.connecting == 0
     }
 
-    pub fn connecting(&self) -> usize {
-        self.connecting
-    }
-
     /// Which link an event is for, and what it means. `None`: a stale event, or a spurious
     /// wake-up of a connect still in progress.
     pub fn event(&mut self, cx: &mut Cx, event: &Event) -> Option<(usize, LinkEvent)> {
@@ -181,8 +213,10 @@ impl<S> Pool<S> {
                         LinkEvent::Connected(cx.now.saturating_duration_since(since)),
                     ))
                 }
-                Err(_) => {
+                Err(e) => {
                     cx.tally.errors.connect += 1;
+                    let target = self.target(i);
+                    cx.tally.causes.count(CauseKind::Connect, target, Some(&e));
                     self.close(i, LinkState::Dead);
                     Some((i, LinkEvent::ConnectFailed))
                 }
@@ -220,45 +254,97 @@ impl<S> Pool<S> {
                 && cx.now.saturating_duration_since(since) > CONNECT_TIMEOUT
             {
                 cx.tally.errors.timeouts += 1;
+                let timed_out = io::Error::from_raw_os_error(libc::ETIMEDOUT);
+                let target = self.target(i);
+                cx.tally
+                    .causes
+                    .count(CauseKind::Connect, target, Some(&timed_out));
                 self.close(i, then);
             }
         }
     }
 
-    /// One `read` from link `i` into `buf`.
-    pub fn read(&mut self, i: usize, buf: &mut [u8]) -> ReadResult {
-        let Some(stream) = self.links[i].stream.as_mut() else {
-            return ReadResult::Failed;
-        };
-        loop {
-            return match stream.read(buf) {
-                Ok(0) => ReadResult::Eof,
-                Ok(n) => ReadResult::Data(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.links[i].hup = false;
-                    ReadResult::WouldBlock
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => ReadResult::Failed,
+    /// Read link `i` until the socket would block, handing each chunk read to `handle` with the
+    /// link's state; `handle` may stop early by returning `Break(why)`.
+    ///
+    /// The hang-up rule lives here: a short read means the receive queue was empty a moment ago
+    /// and anything arriving later raises a new edge — unless the last event said the peer
+    /// closed or the socket failed (`hup`): a FIN behind the data raises no new edge, so then
+    /// the loop reads on until `read` itself reports the end.
+    ///
+    /// The worker's read buffer is lent out of `cx` for the duration, so `handle` gets the
+    /// context (tally, shared tables) and the bytes at once.
+    pub fn read_all<B>(
+        &mut self,
+        cx: &mut Cx,
+        i: usize,
+        mut handle: impl FnMut(&mut Cx, &mut S, &[u8]) -> ControlFlow<B>,
+    ) -> ReadEnd<B> {
+        let buf = std::mem::take(&mut cx.buf);
+        let link = &mut self.links[i];
+        let end = loop {
+            let Some(stream) = link.stream.as_mut() else {
+                break ReadEnd::Hangup(Hangup::Failed(io::ErrorKind::NotConnected.into()));
             };
-        }
+            match stream.read(buf) {
+                Ok(0) => break ReadEnd::Hangup(Hangup::Eof),
+                Ok(n) => {
+                    if let ControlFlow::Break(why) = handle(cx, &mut link.st, &buf[..n]) {
+                        break ReadEnd::Stopped(why);
+                    }
+                    if n < buf.len() && !link.hup {
+                        break ReadEnd::Drained;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    link.hup = false;
+                    break ReadEnd::Drained;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break ReadEnd::Hangup(Hangup::Failed(e)),
+            }
+        };
+        cx.buf = buf;
+        end
     }
 
-    /// One `write` of `bytes` to link `i`: `Ok(n)` written (0 if the socket is full), `Err` if
-    /// the connection failed.
-    pub fn write(&mut self, i: usize, bytes: &[u8]) -> io::Result<usize> {
+    /// Write as much of `bytes` to link `i` as the socket takes now: `Ok(n)` written (less than
+    /// `bytes.len()`, maybe 0, when the socket is full: its writable edge will come), `Err` if the
+    /// connection failed.
+    pub fn write_some(&mut self, i: usize, bytes: &[u8]) -> io::Result<usize> {
         let Some(stream) = self.links[i].stream.as_mut() else {
             return Err(io::ErrorKind::NotConnected.into());
         };
-        loop {
-            return match stream.write(bytes) {
-                Ok(0) if !bytes.is_empty() => Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => Err(e),
-            };
+        let mut done = 0;
+        while done < bytes.len() {
+            match stream.write(&bytes[done..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
+        Ok(done)
+    }
+
+    /// Give up link `i`: count the fault once (a closed connection with its cause), close the
+    /// socket and leave the link `then` (`Dead`, or `Unopened` to reuse the slot). What the
+    /// connection still had in flight is the driver's to account for, before calling this.
+    pub fn fail(&mut self, cx: &mut Cx, i: usize, fault: Fault, then: LinkState) {
+        match fault {
+            Fault::Corrupt => cx.tally.errors.corrupt += 1,
+            Fault::Closed(how) => {
+                cx.tally.errors.closed += 1;
+                let error = match &how {
+                    Hangup::Eof => None,
+                    Hangup::Failed(e) => Some(e),
+                };
+                let target = self.target(i);
+                cx.tally.causes.count(CauseKind::Closed, target, error);
+            }
+        }
+        self.close(i, then);
     }
 
     /// Links currently open.

@@ -46,13 +46,20 @@ pub struct Usage {
     pub cpu_busy_pct: Option<f64>,
     /// Busy seconds of the server's CPU in the window.
     pub cpu_busy_s: Option<f64>,
-    /// The load generator's CPU, percent of one CPU.
+    /// The load generator's CPU seconds.
+    pub loader_cpu_s: f64,
+    /// The same, in percent of one CPU.
     pub loader_cpu_pct: f64,
     /// CPU used by neither the server nor the generator, percent of one CPU; and of it, the
     /// user-mode part (softirq work run from the idle task is system time, so on a quiet machine
-    /// `other_user_pct` is about 0 even when `other_cpu_pct` is not).
+    /// `other_user_pct` is about 0 even when `other_cpu_pct` is not). Known only with the
+    /// server's own figure (`--pid`): without it the server is one of the "others".
     pub other_cpu_pct: Option<f64>,
+    /// The user-mode part of `other_cpu_pct`.
     pub other_user_pct: Option<f64>,
+    /// Without `--pid`: the server's and everyone else's CPU together, which cannot be told
+    /// apart (percent of one CPU).
+    pub server_and_other_cpu_pct: Option<f64>,
 }
 
 /// What happened between `a` and `b`, `secs` apart.
@@ -65,19 +72,24 @@ pub fn usage(a: &Snapshot, b: &Snapshot, secs: f64, hz: f64) -> Usage {
     let busy = a.server_cpu.zip(b.server_cpu);
     let machine = a.machine.zip(b.machine);
     let pct = |s: f64| 100.0 * s / secs;
+    let others = |cpu_s: f64| {
+        machine.map(|(a, b)| pct(((b.busy - a.busy) as f64 / hz - cpu_s - loader_s).max(0.0)))
+    };
     Usage {
         server_cpu_s,
         cpu_busy_pct: busy
             .filter(|(a, b)| b.total > a.total)
             .map(|(a, b)| 100.0 * (b.busy - a.busy) as f64 / (b.total - a.total) as f64),
         cpu_busy_s: busy.map(|(a, b)| (b.busy - a.busy) as f64 / hz),
+        loader_cpu_s: loader_s,
         loader_cpu_pct: pct(loader_s),
-        other_cpu_pct: machine.map(|(a, b)| {
-            pct(((b.busy - a.busy) as f64 / hz - server_cpu_s.unwrap_or(0.0) - loader_s).max(0.0))
+        other_cpu_pct: server_cpu_s.and_then(others),
+        other_user_pct: server.and_then(|_| {
+            machine.map(|(a, b)| {
+                pct(((b.user - a.user) as f64 / hz - server_user_s - loader_user_s).max(0.0))
+            })
         }),
-        other_user_pct: machine.map(|(a, b)| {
-            pct(((b.user - a.user) as f64 / hz - server_user_s - loader_user_s).max(0.0))
-        }),
+        server_and_other_cpu_pct: server_cpu_s.is_none().then(|| others(0.0)).flatten(),
     }
 }
 
@@ -135,5 +147,16 @@ mod tests {
         assert!(close(u.loader_cpu_pct, 90.0));
         assert!(close(u.other_cpu_pct.unwrap(), 10.0)); // 3.5 - 1.5 - 1.8 = 0.2 s
         assert!(close(u.other_user_pct.unwrap(), 10.0)); // 1.5 - 0.5 - 0.8 = 0.2 s
+        assert_eq!(u.server_and_other_cpu_pct, None);
+
+        // Without the server's figures, its CPU is among the others': no "other" figure, only
+        // the two together (3.5 - 1.8 = 1.7 s over 2 s).
+        let (a, b) = (
+            Snapshot { server: None, ..a },
+            Snapshot { server: None, ..b },
+        );
+        let u = usage(&a, &b, 2.0, 100.0);
+        assert_eq!((u.other_cpu_pct, u.other_user_pct), (None, None));
+        assert!(close(u.server_and_other_cpu_pct.unwrap(), 85.0));
     }
 }

@@ -1,160 +1,308 @@
-//! The results of a run: the summary printed on stdout, the one-line JSON object (`--json`),
-//! the progress line printed on stderr every second, and the exit status.
+//! The results of a run: the summary printed on stdout, the JSON document (`--json`), the
+//! progress line printed on stderr every second, and the exit status.
 //!
-//! The JSON is written by hand: one object, its values numbers or short ASCII strings, which a
-//! 40-line writer produces exactly (no serde needed). Figures that could not be measured (no
-//! `--pid`, no `/proc`) are `null`, never a made-up 0.
+//! What a report says must be true: figures that could not be measured (no `--pid`, no `/proc`,
+//! a process gone, no operation completed) are `null` in JSON and `-` in text, never a made-up
+//! 0; the generator's own shortfall ("rate not reached") is its own line, not a loss charged to
+//! the server; and anything that makes a figure doubtful is said in a warning.
 //!
-//! Pure: formatting only.
+//! The JSON is one object on one line, like iperf3's `-J`: the version, a timestamp, the full
+//! parameters, the totals and the per-second series, so runs can be archived and plotted. It is
+//! built with `serde_json` (correct escaping and number syntax for free).
+//!
+//! Pure: formatting and arithmetic only.
 
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
 
 use super::histogram::Percentiles;
 use super::procstat::{Snapshot, Usage};
-use super::tally::{Errors, Tally};
+use super::tally::{Cause, CauseKind, Errors, Tally};
 use super::{Mode, Plan};
-use crate::procfs::ProcSample;
 
-/// The server's figures (with `--pid`).
+/// The server's figures (with `--pid`). Each is `None` when it could not be read (the process
+/// was gone at the start or the end of the window).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ServerFigures {
+    /// The process measured.
     pub pid: u32,
     /// CPU seconds in the measured window.
     pub cpu_s: Option<f64>,
     /// CPU seconds per million operations (= microseconds per operation).
     pub cpu_s_per_million: Option<f64>,
-    /// Resident memory before the first connection, at the end of the window, and its peak.
-    pub rss_before_kib: u64,
-    pub rss_after_kib: u64,
-    pub hwm_kib: u64,
+    /// Resident memory before the first connection, in KiB.
+    pub rss_before_kib: Option<u64>,
+    /// Resident memory at the end of the window, in KiB.
+    pub rss_after_kib: Option<u64>,
+    /// Peak resident memory ("high water mark") at the end, in KiB.
+    pub hwm_kib: Option<u64>,
     /// (after - before) / connections open at the end, in bytes.
     pub rss_per_conn_b: Option<f64>,
 }
 
+/// One second of the run, as the progress line showed it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Interval {
+    /// Seconds since the load started (the end of this interval).
+    pub t_s: f64,
+    /// Operations completed in the interval (warm-up and drain included).
+    pub ops: u64,
+    /// The same per second.
+    pub per_sec: f64,
+    /// Their latencies (empty unless [`Plan::per_second_latency`]).
+    ///
+    /// [`Plan::per_second_latency`]: super::Plan::per_second_latency
+    pub latency: Percentiles,
+    /// Errors so far (cumulative).
+    pub errors: u64,
+}
+
+/// What a run measured, handed to [`Report::new`].
+#[derive(Clone, Debug)]
+pub struct Measured {
+    /// Every worker's counts, merged.
+    pub tally: Tally,
+    /// Connections (or answered UDP sockets) open at the end.
+    pub open: u64,
+    /// The measured window and the setup, in seconds.
+    pub window_s: f64,
+    pub setup_s: f64,
+    /// Samples before the first connection, and at the end of the window.
+    pub before: Snapshot,
+    pub end: Snapshot,
+    /// CPU use over the window.
+    pub usage: Usage,
+    /// The per-second series.
+    pub series: Vec<Interval>,
+    /// When the run started (wall clock, for the record).
+    pub started: SystemTime,
+    /// With `--pid`: how many child processes the server had at the end.
+    pub server_children: Option<usize>,
+}
+
+/// The results of one run.
 #[derive(Clone, Debug)]
 pub struct Report {
-    pub mode: Mode,
-    pub label: String,
-    pub target: String,
-    pub connections: usize,
-    pub senders: usize,
-    pub size: usize,
-    pub pipeline: usize,
-    pub rate: Option<f64>,
-    pub threads: usize,
+    /// The plan that ran (every parameter, for the record).
+    pub plan: Plan,
+    /// The measured window, in seconds.
     pub window_s: f64,
+    /// How long opening the connections took, in seconds.
     pub setup_s: f64,
     /// Operations completed in the window (idle: connections held at the end).
     pub ops: u64,
+    /// Operations per second in the window (idle: connections opened per second of setup).
     pub throughput_per_sec: f64,
     /// Payload megabytes (10^6) per second, one way.
     pub mb_per_sec: f64,
-    /// Broadcast: lines sent in the window; UDP: datagrams sent.
+    /// Operations sent whole in the window (echo: messages; broadcast: lines; udp: datagrams).
     pub sent: u64,
+    /// Operations sent whole over the whole run (warm-up and drain included).
+    pub sent_total: u64,
+    /// Operations completed over the whole run.
+    pub completed: u64,
+    /// Operations in flight on a connection that failed (counted with that failure).
+    pub abandoned: u64,
+    /// Open loop: operations the schedule called for.
+    pub scheduled: u64,
+    /// Operations never sent whole: open loop, the generator's shortfall; closed loop,
+    /// messages a server that stopped reading never took.
+    pub not_sent: u64,
+    /// Open loop: the rate actually sent, per second (`None` in closed loop).
+    pub rate_achieved: Option<f64>,
+    /// Latencies of the operations completed in the window.
     pub latency: Percentiles,
+    /// Errors by kind, over the whole run.
     pub errors: Errors,
+    /// Why connects, connections and sends failed, most frequent first.
+    pub causes: Vec<Cause>,
+    /// UDP: replies that came back after a later one (not errors).
     pub udp_reordered: u64,
+    /// UDP: replies that matched nothing in flight: duplicated, or late (not errors).
     pub udp_late: u64,
     /// Connections open at the end.
     pub open: u64,
+    /// The server's figures, with `--pid`.
     pub server: Option<ServerFigures>,
+    /// CPU use over the window.
     pub usage: Usage,
-    pub cpu: Option<usize>,
+    /// One entry per second of load.
+    pub series: Vec<Interval>,
+    /// Whatever makes a figure doubtful, in words.
+    pub warnings: Vec<String>,
+    /// When the run started.
+    pub started: SystemTime,
 }
 
 impl Report {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        plan: &Plan,
-        tally: Tally,
-        open: u64,
-        window_s: f64,
-        setup_s: f64,
-        before: &Snapshot,
-        end: &Snapshot,
-        usage: Usage,
-    ) -> Report {
+    /// The report of `plan`'s run from what it measured.
+    pub fn new(plan: &Plan, m: Measured) -> Report {
+        let tally = &m.tally;
         let (ops, throughput) = match plan.mode {
             // Idle's figure of merit is what it holds; its rate is how fast it got there.
-            Mode::Idle => (open, open as f64 / setup_s.max(1e-9)),
-            _ => (tally.ops, tally.ops as f64 / window_s),
+            Mode::Idle => (m.open, m.open as f64 / m.setup_s.max(1e-9)),
+            _ => (tally.ops, tally.ops as f64 / m.window_s),
         };
         let per_million =
             |cpu: f64| (ops > 0 && plan.mode != Mode::Idle).then(|| cpu / (ops as f64 / 1e6));
         let server = plan.pid.map(|pid| {
-            let b = before.server.unwrap_or_default();
-            let e: ProcSample = end.server.unwrap_or_default();
+            let (b, e) = (m.before.server, m.end.server);
             ServerFigures {
                 pid,
-                cpu_s: usage.server_cpu_s,
-                cpu_s_per_million: usage.server_cpu_s.and_then(per_million),
-                rss_before_kib: b.rss_kib,
-                rss_after_kib: e.rss_kib,
-                hwm_kib: e.hwm_kib,
-                rss_per_conn_b: (open > 0 && before.server.is_some() && end.server.is_some())
-                    .then(|| (e.rss_kib as f64 - b.rss_kib as f64) * 1024.0 / open as f64),
+                cpu_s: m.usage.server_cpu_s,
+                cpu_s_per_million: m.usage.server_cpu_s.and_then(per_million),
+                rss_before_kib: b.map(|s| s.rss_kib),
+                rss_after_kib: e.map(|s| s.rss_kib),
+                hwm_kib: e.map(|s| s.hwm_kib),
+                rss_per_conn_b: b
+                    .zip(e)
+                    .filter(|_| m.open > 0)
+                    .map(|(b, e)| (e.rss_kib as f64 - b.rss_kib as f64) * 1024.0 / m.open as f64),
             }
         });
-        Report {
-            mode: plan.mode,
-            label: plan.label.clone(),
-            target: plan.target.to_string(),
-            connections: plan.connections,
-            senders: if plan.mode == Mode::Broadcast {
-                plan.senders
-            } else {
-                0
-            },
-            size: plan.size,
-            pipeline: plan.pipeline,
-            rate: plan.rate,
-            threads: plan.threads,
-            window_s,
-            setup_s,
+        let run_s = (plan.warmup + plan.duration).as_secs_f64();
+        let rate_achieved = plan.rate.filter(|_| tally.scheduled > 0).map(|rate| {
+            let kept = tally.scheduled.saturating_sub(tally.not_sent);
+            rate.min(kept as f64 / run_s.max(1e-9))
+        });
+        let mut report = Report {
+            plan: plan.clone(),
+            window_s: m.window_s,
+            setup_s: m.setup_s,
             ops,
             throughput_per_sec: throughput,
-            mb_per_sec: tally.bytes as f64 / window_s / 1e6,
+            mb_per_sec: tally.bytes as f64 / m.window_s / 1e6,
             sent: tally.sent,
+            sent_total: tally.sent_total,
+            completed: tally.completed,
+            abandoned: tally.abandoned,
+            scheduled: tally.scheduled,
+            not_sent: tally.not_sent,
+            rate_achieved,
             latency: tally.latency.percentiles(),
             errors: tally.errors,
+            causes: tally.causes.sorted(),
             udp_reordered: tally.udp_reordered,
             udp_late: tally.udp_late,
-            open,
+            open: m.open,
             server,
-            usage,
-            cpu: plan.cpu,
+            usage: m.usage,
+            series: m.series,
+            warnings: Vec::new(),
+            started: m.started,
+        };
+        report.warnings = report.doubts(&m.before, &m.end, m.server_children);
+        report
+    }
+
+    /// Open loop: the schedule was not kept (some operations were never sent).
+    pub fn rate_not_reached(&self) -> bool {
+        self.plan.rate.is_some() && self.not_sent > 0
+    }
+
+    /// 0 if every payload arrived intact, nothing failed and something was measured (and, with
+    /// `--strict-rate`, the rate was reached); 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        let nothing = self.ops == 0;
+        let strict = self.plan.strict_rate && self.rate_not_reached();
+        if self.errors.total() > 0 || nothing || strict {
+            1
+        } else {
+            0
         }
     }
 
-    /// 0 if every payload arrived intact and nothing failed; 1 otherwise.
-    pub fn exit_code(&self) -> i32 {
-        if self.errors.total() == 0 { 0 } else { 1 }
+    /// What makes the figures doubtful.
+    fn doubts(&self, before: &Snapshot, end: &Snapshot, children: Option<usize>) -> Vec<String> {
+        let mut w = Vec::new();
+        let Some(sv) = &self.server else {
+            return w;
+        };
+        let pid = sv.pid;
+        if before.server.is_none() || end.server.is_none() {
+            w.push(format!(
+                "server pid {pid}: /proc/{pid} could not be read at the {} of the run \
+                 (the process is gone?): its figures are unknown",
+                if before.server.is_none() {
+                    "start"
+                } else {
+                    "end"
+                }
+            ));
+        }
+        if let Some(n) = children.filter(|&n| n > 0) {
+            w.push(format!(
+                "server pid {pid} has {n} child process{}: their CPU and memory are not counted \
+                 (a server that forks per client does its work there)",
+                if n == 1 { "" } else { "es" }
+            ));
+        }
+        // A server does at least a fair share of the generator's work per operation (both sides
+        // make the same system calls); one that used almost nothing did not do the work itself.
+        let loader_s = self.usage.loader_cpu_s;
+        if let Some(cpu) = sv.cpu_s
+            && self.plan.mode != Mode::Idle
+            && self.ops >= 1000
+            && loader_s >= 0.1
+            && cpu < loader_s / 50.0
+        {
+            w.push(format!(
+                "server pid {pid} used {cpu:.3} s of CPU while {} {} completed and the generator \
+                 used {loader_s:.2} s: the work is done elsewhere (child processes, other threads \
+                 or processes) and is not counted here",
+                self.ops,
+                self.plan.mode.op_name()
+            ));
+        }
+        if let (Some(o), Some(ou)) = (self.usage.other_cpu_pct, self.usage.other_user_pct)
+            && (o > 25.0 || ou > 10.0)
+        {
+            // Quiet, both are about 0 (softirq work for our own traffic is charged to the
+            // server or to us, or is a few percent at most).
+            w.push(format!(
+                "machine not quiet: other processes used {o:.1} % of a CPU (user {ou:.1} %): \
+                 figures disturbed"
+            ));
+        }
+        w
+    }
+
+    /// What one operation is, in a sentence that says none completed.
+    fn nothing_completed(&self) -> &'static str {
+        match self.plan.mode {
+            Mode::Echo | Mode::Udp => "no round trip completed in the measured window",
+            Mode::Broadcast => "no line was delivered in the measured window",
+            Mode::Connect => "no connection cycle completed in the measured window",
+            Mode::Idle => "no connection is held",
+        }
     }
 
     /// The human summary (several lines, each ending in a newline).
     pub fn summary(&self) -> String {
         let mut s = String::new();
-        let m = self.mode;
-        let _ = write!(s, "resound bench {} -> {}", m.name(), self.target);
-        if !self.label.is_empty() {
-            let _ = write!(s, "  [{}]", self.label);
+        let p = &self.plan;
+        let m = p.mode;
+        let _ = write!(s, "resound bench {} -> {}", m.name(), targets_text(p));
+        if !p.label.is_empty() {
+            let _ = write!(s, "  [{}]", p.label);
         }
-        let _ = write!(s, "  connections={}", self.connections);
+        let _ = write!(s, "  connections={}", p.connections);
         if m == Mode::Broadcast {
-            let _ = write!(s, " senders={}", self.senders);
+            let _ = write!(s, " senders={}", p.senders);
         }
-        let _ = write!(s, " size={}", self.size);
-        if matches!(m, Mode::Echo | Mode::Udp) && self.rate.is_none() {
-            let _ = write!(s, " pipeline={}", self.pipeline);
+        let _ = write!(s, " size={}", p.size);
+        if matches!(m, Mode::Echo | Mode::Udp) && p.rate.is_none() {
+            let _ = write!(s, " pipeline={}", p.pipeline);
         }
-        if let Some(r) = self.rate {
+        if let Some(r) = p.rate {
             let _ = write!(s, " rate={r}/s (open loop)");
         }
         let _ = writeln!(
             s,
             " threads={}  (window {:.2} s, setup {:.2} s)",
-            self.threads, self.window_s, self.setup_s
+            p.threads, self.window_s, self.setup_s
         );
         if m == Mode::Idle {
             let _ = writeln!(
@@ -176,13 +324,50 @@ impl Report {
             }
             let _ = writeln!(s);
         }
-        if m == Mode::Broadcast {
+        if self.ops == 0 {
+            let _ = writeln!(s, "  {}", self.nothing_completed());
+        }
+        if let (true, Some(rate), Some(got)) = (self.rate_not_reached(), p.rate, self.rate_achieved)
+        {
             let _ = writeln!(
                 s,
-                "  lines sent: {} ({:.0}/s)",
-                self.sent,
-                self.sent as f64 / self.window_s
+                "  rate not reached: {got:.0}/s of {rate}/s ({} of {} {} never sent: the \
+                 generator, or a server that stopped reading, could not keep up){}",
+                self.not_sent,
+                self.scheduled,
+                m.op_name(),
+                if self.plan.strict_rate {
+                    " -- an error with --strict-rate"
+                } else {
+                    ""
+                }
             );
+        }
+        if matches!(m, Mode::Echo | Mode::Udp | Mode::Broadcast) {
+            let what = match m {
+                Mode::Broadcast => "lines sent",
+                Mode::Udp => "datagrams sent",
+                _ => "messages sent",
+            };
+            let _ = write!(
+                s,
+                "  {what}: {} in the window ({:.0}/s), {} in all; {} completed",
+                self.sent,
+                self.sent as f64 / self.window_s,
+                self.sent_total,
+                self.completed
+            );
+            if self.abandoned > 0 {
+                let _ = write!(
+                    s,
+                    ", {} in flight on connections that failed (counted with those failures)",
+                    self.abandoned
+                );
+            }
+            if self.not_sent > 0 && p.rate.is_none() {
+                let _ = write!(s, ", {} never written whole", self.not_sent);
+            }
+            let _ = writeln!(s);
         }
         let l = &self.latency;
         let what = match m {
@@ -190,10 +375,27 @@ impl Report {
             Mode::Broadcast => "fan-out",
             Mode::Connect | Mode::Idle => "connect",
         };
+        let us = |v: u64| {
+            if l.count == 0 {
+                "-".to_string()
+            } else {
+                v.to_string()
+            }
+        };
         let _ = writeln!(
             s,
-            "  {what} latency (µs): p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {:.1}  (n={})",
-            l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
+            "  {what} latency (µs): p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {}  (n={})",
+            us(l.p50),
+            us(l.p90),
+            us(l.p99),
+            us(l.p999),
+            us(l.max),
+            if l.count == 0 {
+                "-".into()
+            } else {
+                format!("{:.1}", l.mean)
+            },
+            l.count
         );
         let _ = write!(s, "  errors: {}", self.errors.total());
         let nonzero: Vec<String> = self
@@ -207,11 +409,14 @@ impl Report {
             let _ = write!(s, " ({})", nonzero.join(", "));
         }
         let _ = writeln!(s);
+        for c in &self.causes {
+            let _ = writeln!(s, "    {}", cause_text(c, &self.plan));
+        }
         if m == Mode::Udp {
             let _ = writeln!(
                 s,
-                "  udp: {} sent, {} came back out of order, {} late or duplicated (not errors)",
-                self.sent, self.udp_reordered, self.udp_late
+                "  udp: {} came back out of order, {} late or duplicated (not errors)",
+                self.udp_reordered, self.udp_late
             );
         }
         if let Some(sv) = &self.server {
@@ -232,14 +437,17 @@ impl Report {
                 );
             }
             let _ = writeln!(s);
+            let kib = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
             let _ = write!(
                 s,
-                "  server rss: {} -> {} KiB ({:+} KiB), peak {} KiB",
-                sv.rss_before_kib,
-                sv.rss_after_kib,
-                sv.rss_after_kib as i64 - sv.rss_before_kib as i64,
-                sv.hwm_kib
+                "  server rss: {} -> {} KiB",
+                kib(sv.rss_before_kib),
+                kib(sv.rss_after_kib)
             );
+            if let (Some(b), Some(a)) = (sv.rss_before_kib, sv.rss_after_kib) {
+                let _ = write!(s, " ({:+} KiB)", a as i64 - b as i64);
+            }
+            let _ = write!(s, ", peak {} KiB", kib(sv.hwm_kib));
             if let Some(b) = sv.rss_per_conn_b.filter(|_| m != Mode::Udp) {
                 let _ = write!(s, ", {b:.0} B per open connection");
             }
@@ -247,186 +455,303 @@ impl Report {
         }
         let u = &self.usage;
         let _ = write!(s, " ");
-        if let (Some(cpu), Some(b)) = (self.cpu, u.cpu_busy_pct) {
+        if let (Some(cpu), Some(b)) = (p.cpu, u.cpu_busy_pct) {
             let _ = write!(s, " cpu{cpu} busy {b:.1} % (incl. softirq);");
         }
         let _ = write!(s, " loader cpu {:.1} %", u.loader_cpu_pct);
         if let (Some(o), Some(ou)) = (u.other_cpu_pct, u.other_user_pct) {
             let _ = write!(s, "; other processes {o:.1} % (user {ou:.1} %)");
-            // Quiet, both are about 0 (softirq work for our own traffic is charged to the
-            // server or to us, or is a few percent at most).
-            if o > 25.0 || ou > 10.0 {
-                let _ = write!(s, "  ** machine not quiet: figures disturbed **");
-            }
+        } else if let Some(both) = u.server_and_other_cpu_pct {
+            let _ = write!(
+                s,
+                "; server and other processes {both:.1} % together: server CPU unknown \
+                 (pass --pid)"
+            );
         }
         let _ = writeln!(s);
+        for w in &self.warnings {
+            let _ = writeln!(s, "  ** warning: {w}");
+        }
         s
+    }
+
+    /// The whole report as one JSON object (one line with `to_string`).
+    pub fn json_value(&self) -> Value {
+        let l = &self.latency;
+        let us = |v: u64| (l.count > 0).then_some(v);
+        let latency = json!({
+            "p50": us(l.p50),
+            "p90": us(l.p90),
+            "p99": us(l.p99),
+            "p999": us(l.p999),
+            "max": us(l.max),
+            "mean": (l.count > 0).then(|| num(l.mean)),
+            "count": l.count,
+        });
+        let kinds: serde_json::Map<String, Value> = self
+            .errors
+            .kinds()
+            .iter()
+            .map(|&(k, n)| (k.to_string(), n.into()))
+            .collect();
+        let causes: Vec<Value> = self
+            .causes
+            .iter()
+            .map(|c| {
+                json!({
+                    "kind": c.kind.name(),
+                    "target": c.target.to_string(),
+                    "error": c.reason(),
+                    "errno": c.errno,
+                    "count": c.count,
+                })
+            })
+            .collect();
+        let series: Vec<Value> = self
+            .series
+            .iter()
+            .map(|i| {
+                let p = &i.latency;
+                let us = |v: u64| (p.count > 0).then_some(v);
+                json!({
+                    "t_s": num(i.t_s),
+                    "ops": i.ops,
+                    "per_sec": num(i.per_sec),
+                    "p50_us": us(p.p50),
+                    "p99_us": us(p.p99),
+                    "max_us": us(p.max),
+                    "errors": i.errors,
+                })
+            })
+            .collect();
+        let sv = self.server;
+        let u = &self.usage;
+        let p = &self.plan;
+        let unix = self
+            .started
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        let params = json!({
+                "mode": p.mode.name(),
+                "targets": p.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+                "connections": p.connections,
+                "duration_s": num(p.duration.as_secs_f64()),
+                "warmup_s": num(p.warmup.as_secs_f64()),
+                "drain_s": num(p.drain.as_secs_f64()),
+                "setup_timeout_s": num(p.setup_timeout.as_secs_f64()),
+                "size": p.size,
+                "pipeline": p.pipeline,
+                "rate": p.rate.map(num),
+                "connect_rate": p.connect_rate.map(num),
+                "senders": p.senders,
+                "window": p.window,
+                "threads": p.threads,
+                "src_ips": p.src_ips,
+                "broadcast": p.broadcast,
+                "pid": p.pid,
+                "cpu": p.cpu,
+                "strict_rate": p.strict_rate,
+                "label": p.label,
+        });
+        // Three objects made into one (a single `json!` of this size exceeds the macro's
+        // recursion limit).
+        let mut j = json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "timestamp": rfc3339(unix),
+            "timestamp_unix": num(unix.as_secs_f64()),
+            "params": params,
+            "mode": p.mode.name(),
+            "label": p.label,
+            "target": targets_text(p),
+            "connections": p.connections,
+            "senders": if p.mode == Mode::Broadcast { p.senders } else { 0 },
+            "size": p.size,
+            "pipeline": p.pipeline,
+            "rate": p.rate.map(num),
+            "threads": p.threads,
+            "duration_s": num(self.window_s),
+            "setup_s": num(self.setup_s),
+            "ops": self.ops,
+            "throughput_per_sec": num(self.throughput_per_sec),
+            "mb_per_sec": num(self.mb_per_sec),
+            "sent": self.sent,
+            "sent_total": self.sent_total,
+            "completed": self.completed,
+            "abandoned": self.abandoned,
+            "scheduled": self.scheduled,
+            "not_sent": self.not_sent,
+            "rate_achieved_per_sec": self.rate_achieved.map(num),
+            "rate_reached": p.rate.map(|_| !self.rate_not_reached()),
+        });
+        let figures = json!({
+            "latency_us": latency,
+            "errors": self.errors.total(),
+            "errors_by_kind": kinds,
+            "causes": causes,
+            "udp_reordered": self.udp_reordered,
+            "udp_late": self.udp_late,
+            "open": self.open,
+            "server_pid": sv.map(|s| s.pid),
+            "server_cpu_s": sv.and_then(|s| s.cpu_s).map(num),
+            "server_cpu_s_per_million": sv.and_then(|s| s.cpu_s_per_million).map(num),
+            "server_rss_before_kib": sv.and_then(|s| s.rss_before_kib),
+            "server_rss_after_kib": sv.and_then(|s| s.rss_after_kib),
+            "server_hwm_kib": sv.and_then(|s| s.hwm_kib),
+            "server_rss_per_conn_b": sv.and_then(|s| s.rss_per_conn_b).map(num),
+            "cpu_busy_pct": u.cpu_busy_pct.map(num),
+            "cpu_busy_s_per_million": u
+                .cpu_busy_s
+                .filter(|_| self.ops > 0 && p.mode != Mode::Idle)
+                .map(|b| num(b / (self.ops as f64 / 1e6))),
+            "loader_cpu_pct": num(u.loader_cpu_pct),
+            "other_cpu_pct": u.other_cpu_pct.map(num),
+            "other_user_pct": u.other_user_pct.map(num),
+            "server_and_other_cpu_pct": u.server_and_other_cpu_pct.map(num),
+            "warnings": self.warnings,
+            "series": series,
+        });
+        if let (Some(j), Value::Object(figures)) = (j.as_object_mut(), figures) {
+            j.extend(figures);
+        }
+        j
     }
 
     /// One JSON object on one line (no trailing newline).
     pub fn json(&self) -> String {
-        let l = &self.latency;
-        let mut latency = Json::new();
-        latency
-            .uint("p50", l.p50)
-            .uint("p90", l.p90)
-            .uint("p99", l.p99)
-            .uint("p999", l.p999)
-            .uint("max", l.max)
-            .num("mean", Some(l.mean))
-            .uint("count", l.count);
-        let mut kinds = Json::new();
-        for (k, n) in self.errors.kinds() {
-            kinds.uint(k, n);
-        }
-        let sv = self.server.unwrap_or_default();
-        let has = self.server.is_some();
-        let u = &self.usage;
-        let mut j = Json::new();
-        j.str("mode", self.mode.name())
-            .str("label", &self.label)
-            .str("target", &self.target)
-            .uint("connections", self.connections as u64)
-            .uint("senders", self.senders as u64)
-            .uint("size", self.size as u64)
-            .uint("pipeline", self.pipeline as u64)
-            .num("rate", self.rate)
-            .uint("threads", self.threads as u64)
-            .num("duration_s", Some(self.window_s))
-            .num("setup_s", Some(self.setup_s))
-            .uint("ops", self.ops)
-            .num("throughput_per_sec", Some(self.throughput_per_sec))
-            .num("mb_per_sec", Some(self.mb_per_sec))
-            .uint("sent", self.sent)
-            .obj("latency_us", &latency)
-            .uint("errors", self.errors.total())
-            .obj("errors_by_kind", &kinds)
-            .uint("udp_reordered", self.udp_reordered)
-            .uint("udp_late", self.udp_late)
-            .uint("open", self.open)
-            .num("server_pid", has.then_some(sv.pid as f64))
-            .num("server_cpu_s", sv.cpu_s)
-            .num("server_cpu_s_per_million", sv.cpu_s_per_million)
-            .num(
-                "server_rss_before_kib",
-                has.then_some(sv.rss_before_kib as f64),
-            )
-            .num(
-                "server_rss_after_kib",
-                has.then_some(sv.rss_after_kib as f64),
-            )
-            .num("server_hwm_kib", has.then_some(sv.hwm_kib as f64))
-            .num("server_rss_per_conn_b", sv.rss_per_conn_b)
-            .num("cpu_busy_pct", u.cpu_busy_pct)
-            .num(
-                "cpu_busy_s_per_million",
-                u.cpu_busy_s
-                    .filter(|_| self.ops > 0 && self.mode != Mode::Idle)
-                    .map(|b| b / (self.ops as f64 / 1e6)),
-            )
-            .num("loader_cpu_pct", Some(u.loader_cpu_pct))
-            .num("other_cpu_pct", u.other_cpu_pct)
-            .num("other_user_pct", u.other_user_pct);
-        j.finish()
+        self.json_value().to_string()
     }
 }
 
-/// The progress line: `[  3.0 s] 123456 messages/s  p99 87 µs  errors 0`.
-pub fn progress_line(elapsed: Duration, rate: f64, ops: &str, p99_us: u64, errors: u64) -> String {
+/// A cause of errors in words, without its count: `connect 127.0.0.1:9: Connection refused`.
+pub fn cause_words(c: &Cause, plan: &Plan) -> String {
+    let (t, why) = (c.target, c.reason());
+    match (c.kind, plan.mode) {
+        (CauseKind::Connect, Mode::Udp) if c.errno == libc::ETIMEDOUT => format!(
+            "udp {t}: no reply to the probe datagrams within {} s",
+            super::udp::PROBE_TIMEOUT.as_secs()
+        ),
+        (CauseKind::Connect, Mode::Udp) => format!("udp {t}: {why}"),
+        (CauseKind::Connect, _) => format!("connect {t}: {why}"),
+        (CauseKind::Closed, _) if c.errno == 0 => format!("{t}: connection {why}"),
+        (CauseKind::Closed, _) => format!("{t}: connection failed: {why}"),
+        (CauseKind::Send, _) if c.errno == libc::EACCES && !plan.broadcast => {
+            format!("send to {t}: {why}: sending to a broadcast address needs --broadcast")
+        }
+        (CauseKind::Send, _) => format!("send to {t}: {why}"),
+    }
+}
+
+/// A cause of errors in words with its count: `connect 127.0.0.1:9: Connection refused x5`.
+pub fn cause_text(c: &Cause, plan: &Plan) -> String {
+    format!("{} x{}", cause_words(c, plan), c.count)
+}
+
+/// The target, or the targets joined with commas.
+pub fn targets_text(plan: &Plan) -> String {
+    let t: Vec<String> = plan.targets.iter().map(|t| t.to_string()).collect();
+    t.join(",")
+}
+
+/// A JSON number with at most 4 decimals (`null` if not finite: JSON has no NaN).
+fn num(x: f64) -> Value {
+    if !x.is_finite() {
+        return Value::Null;
+    }
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        return json!(x as i64);
+    }
+    json!((x * 1e4).round() / 1e4)
+}
+
+/// `since_epoch` as an RFC 3339 UTC time, `2026-12-16T09:30:00Z`.
+fn rfc3339(since_epoch: Duration) -> String {
+    let secs = since_epoch.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
     format!(
-        "[{:5.1} s] {:>9.0} {ops}/s  p99 {p99_us} µs  errors {errors}",
-        elapsed.as_secs_f64(),
-        rate
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
     )
 }
 
-/// A minimal writer for one JSON object.
-pub struct Json {
-    out: String,
+/// The proleptic Gregorian date of day `z` since 1970-01-01 (Howard Hinnant's days-to-civil
+/// method: count in 400-year eras of 146 097 days, with years starting in March so that the
+/// leap day falls at the end).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468; // days from 0000-03-01 to 1970-01-01
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // day of era, 0..146096
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // year of era, 0..399
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of the March-based year
+    let mp = (5 * doy + 2) / 153; // March = 0
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
-impl Default for Json {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Json {
-    pub fn new() -> Json {
-        Json {
-            out: String::from("{"),
-        }
-    }
-
-    fn key(&mut self, k: &str) -> &mut Json {
-        if self.out.len() > 1 {
-            self.out.push(',');
-        }
-        push_string(&mut self.out, k);
-        self.out.push(':');
-        self
-    }
-
-    pub fn str(&mut self, k: &str, v: &str) -> &mut Json {
-        self.key(k);
-        push_string(&mut self.out, v);
-        self
-    }
-
-    pub fn uint(&mut self, k: &str, v: u64) -> &mut Json {
-        self.key(k);
-        let _ = write!(self.out, "{v}");
-        self
-    }
-
-    /// A number, or `null` if unknown or not finite (JSON has no NaN).
-    pub fn num(&mut self, k: &str, v: Option<f64>) -> &mut Json {
-        self.key(k);
-        match v {
-            Some(x) if x.is_finite() => {
-                // Integers print without a fraction; others with up to 4 decimals.
-                if x.fract() == 0.0 && x.abs() < 1e15 {
-                    let _ = write!(self.out, "{x:.0}");
-                } else {
-                    let _ = write!(self.out, "{}", (x * 1e4).round() / 1e4);
-                }
-            }
-            _ => self.out.push_str("null"),
-        }
-        self
-    }
-
-    pub fn obj(&mut self, k: &str, v: &Json) -> &mut Json {
-        self.key(k);
-        self.out.push_str(&v.out);
-        self.out.push('}');
-        self
-    }
-
-    pub fn finish(&self) -> String {
-        format!("{}}}", self.out)
-    }
-}
-
-fn push_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+/// The progress line: `[  3.0 s] 123456 messages/s  p99 87 µs  errors 0` (`p99 -` if nothing
+/// completed in that second).
+pub fn progress_line(
+    elapsed: Duration,
+    rate: f64,
+    ops: &str,
+    p99_us: Option<u64>,
+    errors: u64,
+) -> String {
+    format!(
+        "[{:5.1} s] {:>9.0} {ops}/s  p99 {} µs  errors {errors}",
+        elapsed.as_secs_f64(),
+        rate,
+        p99_us.map_or("-".to_string(), |p| p.to_string())
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::bench::histogram::Latency;
+    use crate::bench::tally::Causes;
+    use crate::procfs::ProcSample;
+
+    fn measured(tally: Tally) -> Measured {
+        let server = |cpu_s, rss_kib| ProcSample {
+            cpu_s,
+            user_s: 0.0,
+            rss_kib,
+            hwm_kib: 3000,
+        };
+        Measured {
+            tally,
+            open: 100,
+            window_s: 2.0,
+            setup_s: 0.1,
+            before: Snapshot {
+                server: Some(server(1.0, 2000)),
+                ..Snapshot::default()
+            },
+            end: Snapshot {
+                server: Some(server(2.0, 2200)),
+                ..Snapshot::default()
+            },
+            usage: Usage {
+                server_cpu_s: Some(0.9),
+                loader_cpu_s: 1.99,
+                loader_cpu_pct: 99.5,
+                ..Usage::default()
+            },
+            series: vec![Interval {
+                t_s: 1.0,
+                ops: 5,
+                per_sec: 5.0,
+                ..Interval::default()
+            }],
+            started: UNIX_EPOCH + Duration::from_secs(1_765_000_000),
+            server_children: Some(0),
+        }
+    }
 
     fn sample_report(mode: Mode) -> Report {
         let mut plan = Plan::new(mode, "127.0.0.1:7000".parse().unwrap());
@@ -439,26 +764,7 @@ mod tests {
             ..Tally::default()
         };
         tally.latency.record(Duration::from_micros(100));
-        let server = |cpu_s, rss_kib| ProcSample {
-            cpu_s,
-            user_s: 0.0,
-            rss_kib,
-            hwm_kib: 3000,
-        };
-        let before = Snapshot {
-            server: Some(server(1.0, 2000)),
-            ..Snapshot::default()
-        };
-        let end = Snapshot {
-            server: Some(server(2.0, 2200)),
-            ..Snapshot::default()
-        };
-        let usage = Usage {
-            server_cpu_s: Some(0.9),
-            loader_cpu_pct: 99.5,
-            ..Usage::default()
-        };
-        Report::new(&plan, tally, 100, 2.0, 0.1, &before, &end, usage)
+        Report::new(&plan, measured(tally))
     }
 
     #[test]
@@ -471,6 +777,7 @@ mod tests {
         assert!((sv.cpu_s_per_million.unwrap() - 0.45).abs() < 1e-12);
         assert_eq!(sv.rss_per_conn_b, Some(200.0 * 1024.0 / 100.0));
         assert_eq!(r.exit_code(), 0);
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     }
 
     #[test]
@@ -490,42 +797,134 @@ mod tests {
     }
 
     #[test]
-    fn test_json_is_one_line_with_the_required_fields() {
-        let j = sample_report(Mode::Echo).json();
-        assert!(!j.contains('\n'));
-        assert!(j.starts_with("{\"mode\":\"echo\",\"label\":\"a \\\"quoted\\\" label\""));
-        for field in [
-            "\"throughput_per_sec\":1000000,",
-            "\"latency_us\":{\"p50\":100,\"p90\":100,\"p99\":100,\"p999\":100,\"max\":100,",
-            "\"errors\":0,",
-            "\"errors_by_kind\":{\"connect\":0,",
-            "\"server_cpu_s_per_million\":0.45,",
-            "\"cpu_busy_pct\":null,",
-        ] {
-            assert!(j.contains(field), "{field} missing in {j}");
-        }
-        assert!(j.ends_with('}'));
-        assert_eq!(j.matches('{').count(), j.matches('}').count());
+    fn test_an_empty_run_says_so_with_no_made_up_latency() {
+        let plan = Plan::new(Mode::Echo, "127.0.0.1:7000".parse().unwrap());
+        let r = Report::new(&plan, measured(Tally::default()));
+        assert_eq!(r.exit_code(), 1, "nothing measured is a failed run");
+        let text = r.summary();
+        assert!(text.contains("no round trip completed"), "{text}");
+        assert!(text.contains("p50 -  p90 -"), "{text}");
+        let j = r.json_value();
+        assert_eq!(j["latency_us"]["p50"], Value::Null);
+        assert_eq!(j["latency_us"]["mean"], Value::Null);
+        assert_eq!(j["latency_us"]["count"], 0);
     }
 
     #[test]
-    fn test_json_numbers_and_strings() {
-        let mut j = Json::new();
-        j.num("a", Some(f64::NAN))
-            .num("b", Some(1.23456789))
-            .num("c", Some(3.0))
-            .str("d", "x\ny\\");
+    fn test_rate_not_reached_is_its_own_line_and_an_error_only_when_strict() {
+        let mut plan = Plan::new(Mode::Echo, "127.0.0.1:7000".parse().unwrap());
+        plan.rate = Some(1000.0);
+        plan.warmup = Duration::ZERO;
+        plan.duration = Duration::from_secs(2);
+        let tally = Tally {
+            ops: 1500,
+            scheduled: 2000,
+            not_sent: 500,
+            ..Tally::default()
+        };
+        let r = Report::new(&plan, measured(tally.clone()));
+        assert_eq!(r.rate_achieved, Some(750.0));
+        assert!(r.summary().contains("rate not reached: 750/s of 1000/s"));
+        assert_eq!(r.errors.total(), 0);
+        assert_eq!(r.exit_code(), 0);
+        plan.strict_rate = true;
+        assert_eq!(Report::new(&plan, measured(tally)).exit_code(), 1);
+    }
+
+    #[test]
+    fn test_without_pid_the_server_is_not_counted_among_the_others() {
+        let plan = Plan::new(Mode::Echo, "127.0.0.1:7000".parse().unwrap());
+        let mut m = measured(Tally {
+            ops: 10,
+            ..Tally::default()
+        });
+        m.usage = Usage {
+            loader_cpu_pct: 90.0,
+            server_and_other_cpu_pct: Some(95.0),
+            ..Usage::default()
+        };
+        let text = Report::new(&plan, m).summary();
+        assert!(text.contains("server CPU unknown (pass --pid)"), "{text}");
+        assert!(!text.contains("not quiet"), "{text}");
+    }
+
+    #[test]
+    fn test_a_server_that_did_not_do_the_work_is_warned_about() {
+        let mut plan = Plan::new(Mode::Echo, "127.0.0.1:7000".parse().unwrap());
+        plan.pid = Some(42);
+        let mut m = measured(Tally {
+            ops: 100_000,
+            ..Tally::default()
+        });
+        m.usage.server_cpu_s = Some(0.0);
+        m.server_children = Some(3);
+        let r = Report::new(&plan, m);
+        assert_eq!(r.warnings.len(), 2, "{:?}", r.warnings);
+        assert!(r.warnings[0].contains("3 child processes"));
+        assert!(r.warnings[1].contains("done elsewhere"));
+        // A process gone before the end: its figures are unknown, not 0.
+        let mut m = measured(Tally::default());
+        m.end.server = None;
+        let r = Report::new(&plan, m);
+        assert!(r.warnings[0].contains("could not be read at the end"));
+        assert_eq!(r.server.unwrap().rss_after_kib, None);
+        assert!(r.summary().contains("server rss: 2000 -> - KiB"));
+    }
+
+    #[test]
+    fn test_json_carries_version_time_parameters_and_series() {
+        let r = sample_report(Mode::Echo);
+        let text = r.json();
+        assert!(!text.contains('\n'));
+        let j: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(j["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(j["timestamp"], "2025-12-06T05:46:40Z");
+        assert_eq!(j["params"]["targets"][0], "127.0.0.1:7000");
+        assert_eq!(j["params"]["duration_s"], 5);
+        assert_eq!(j["label"], "a \"quoted\" label");
+        assert_eq!(j["latency_us"]["p50"], 100);
+        assert_eq!(j["server_cpu_s_per_million"], 0.45);
+        assert_eq!(j["cpu_busy_pct"], Value::Null);
+        assert_eq!(j["series"][0]["ops"], 5);
+        assert_eq!(j["series"][0]["p99_us"], Value::Null);
+        assert_eq!(j["errors_by_kind"]["connect"], 0);
+    }
+
+    #[test]
+    fn test_causes_are_named_with_their_target_and_hint() {
+        let mut plan = Plan::new(Mode::Udp, "127.255.255.255:7000".parse().unwrap());
+        let mut causes = Causes::default();
+        let denied = std::io::Error::from_raw_os_error(libc::EACCES);
+        causes.count(CauseKind::Send, plan.targets[0], Some(&denied));
+        let c = &causes.sorted()[0];
         assert_eq!(
-            j.finish(),
-            r#"{"a":null,"b":1.2346,"c":3,"d":"x\u000ay\\"}"#
+            cause_text(c, &plan),
+            "send to 127.255.255.255:7000: Permission denied: sending to a broadcast address \
+             needs --broadcast x1"
+        );
+        plan.broadcast = true;
+        assert!(!cause_text(c, &plan).contains("needs --broadcast"));
+    }
+
+    #[test]
+    fn test_dates() {
+        assert_eq!(rfc3339(Duration::ZERO), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+        assert_eq!(
+            rfc3339(Duration::from_secs(4_107_542_399)),
+            "2100-02-28T23:59:59Z"
         );
     }
 
     #[test]
     fn test_progress_line() {
         assert_eq!(
-            progress_line(Duration::from_millis(3050), 1234.4, "messages", 87, 2),
+            progress_line(Duration::from_millis(3050), 1234.4, "messages", Some(87), 2),
             "[  3.0 s]      1234 messages/s  p99 87 µs  errors 2"
         );
+        assert!(progress_line(Duration::ZERO, 0.0, "messages", None, 0).contains("p99 - µs"));
     }
 }

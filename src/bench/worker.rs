@@ -24,7 +24,7 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 use super::histogram::Latency;
 use super::pacing::{Phase, Timeline};
-use super::tally::{Errors, Tally};
+use super::tally::{Causes, Errors, Tally};
 use super::{Plan, Shared};
 
 pub const WAKER: Token = Token(usize::MAX);
@@ -53,8 +53,16 @@ pub enum Command {
 /// From a worker to the coordinator.
 #[derive(Debug)]
 pub enum Message {
-    /// Every connection of this worker is open or has failed; `open` are open.
-    Settled { worker: usize, open: u64 },
+    /// Every connection of this worker is open or has failed (UDP: every socket's probe is
+    /// answered or given up; connect: every slot has done one cycle): `open` succeeded, and
+    /// here is why the others failed.
+    Settled {
+        open: u64,
+        errors: Errors,
+        causes: Causes,
+    },
+    /// Broadcast: this many of the worker's connections have now seen a sync line.
+    Synced { worker: usize, synced: u64 },
     /// The worker could not run (e.g. no poller): the run is abandoned.
     Failed { worker: usize, error: String },
     /// Progress since the last report.
@@ -75,9 +83,10 @@ pub enum Message {
 #[derive(Debug, Default)]
 pub struct WorkerResult {
     pub tally: Tally,
-    /// Broadcast only: per connection, the next sequence number it expected from each sender,
-    /// with the sender it is itself (if any): the coordinator counts the lines that never arrived.
-    pub expected_next: Vec<(Option<u16>, Vec<u64>)>,
+    /// Broadcast only: per open connection, the sender it is itself (if any), the next sequence
+    /// number it expected from each sender, and the damaged lines it could not place: the
+    /// coordinator counts the lines that never arrived.
+    pub expected_next: Vec<(Option<u16>, Vec<u64>, u64)>,
     /// Connections open at the end (idle: the connections held).
     pub open: u64,
 }
@@ -112,8 +121,13 @@ pub trait Driver {
     /// Once per loop turn, after the events: open connections, send what pacing says is due,
     /// check timeouts.
     fn turn(&mut self, cx: &mut Cx);
-    /// Setup is over: every socket is open or has failed.
-    fn settled(&self) -> bool;
+    /// Setup is over (every socket is open or has failed): how many succeeded. `None` while
+    /// setup goes on.
+    fn settled(&self) -> Option<u64>;
+    /// Broadcast: connections that have seen a sync line.
+    fn synced(&self) -> u64 {
+        0
+    }
     /// Sockets open now.
     fn open_count(&self) -> u64;
     /// Operations started and not yet completed; the drain waits for 0.
@@ -149,11 +163,12 @@ pub fn run<D: Driver>(
     let timer = FineTimer::new(poll.registry())?;
     let mut events = Events::with_capacity(1024);
     let mut tally = Tally {
-        progress: !plan.quiet,
+        progress: plan.per_second_latency,
         ..Tally::default()
     };
     let mut buf = vec![0u8; super::READ_BUF];
     let mut settled_sent = false;
+    let mut synced_sent = 0;
     let mut next_report: Option<Instant> = None;
     let mut stop = false;
     // An owned handle to the registry, so one context can live across `poll`, which needs the
@@ -215,17 +230,26 @@ pub fn run<D: Driver>(
                         }
                     }
                 }
-                TIMER => timer.clear(),
+                TIMER => timer.clear()?,
                 _ => driver.event(&mut cx, event),
             }
         }
         driver.turn(&mut cx);
 
-        if !settled_sent && driver.settled() {
+        if !settled_sent && let Some(open) = driver.settled() {
             settled_sent = true;
             let _ = control.messages.send(Message::Settled {
+                open,
+                errors: cx.tally.errors,
+                causes: cx.tally.causes.clone(),
+            });
+        }
+        let synced = driver.synced();
+        if synced != synced_sent {
+            synced_sent = synced;
+            let _ = control.messages.send(Message::Synced {
                 worker: control.index,
-                open: driver.open_count(),
+                synced,
             });
         }
         if let Some(at) = next_report
@@ -318,10 +342,24 @@ impl FineTimer {
     }
 
     /// Consume the expiration count so the next expiry raises a new edge.
-    fn clear(&self) {
+    fn clear(&self) -> io::Result<()> {
         self.armed_for.set(None);
         let mut n = [0u8; 8];
         // SAFETY: reading 8 bytes into an 8-byte buffer.
-        unsafe { libc::read(self.fd.as_raw_fd(), n.as_mut_ptr().cast(), 8) };
+        let rc = unsafe { libc::read(self.fd.as_raw_fd(), n.as_mut_ptr().cast(), 8) };
+        if rc == 8 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            // A spurious wake-up: the timer had not expired (or was re-armed) after all.
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(()),
+            // A timerfd read is 8 bytes or an error; anything else means the timer is broken
+            // and every deadline of this worker with it.
+            _ if rc < 0 => Err(io::Error::new(e.kind(), format!("timerfd read: {e}"))),
+            _ => Err(io::Error::other(format!(
+                "timerfd read returned {rc} bytes"
+            ))),
+        }
     }
 }

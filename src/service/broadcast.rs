@@ -46,6 +46,10 @@ impl Service for Member {
         }
     }
 
+    fn buffered(&self) -> usize {
+        self.framer.capacity()
+    }
+
     /// Nothing a client sent is lost: a last line without `\n` still goes out.
     fn on_eof(&mut self, cx: &mut Cx<'_>) {
         if let Some(chunk) = self.framer.finish() {
@@ -77,6 +81,11 @@ impl LineFramer {
     /// Bytes of the unterminated line held.
     pub fn pending(&self) -> usize {
         self.partial.len()
+    }
+
+    /// Heap bytes held for the unterminated line.
+    pub fn capacity(&self) -> usize {
+        self.partial.capacity()
     }
 
     /// Take in `data`; return the complete lines it finishes. A line longer than `max_line`

@@ -528,6 +528,13 @@ impl Service for Transfer {
         }
     }
 
+    fn buffered(&self) -> usize {
+        match &self.stage {
+            Stage::Header(buf) => buf.capacity(),
+            Stage::Receiving(_) | Stage::Over => 0,
+        }
+    }
+
     /// A client still sending its header is waiting for a reply: give it one.
     fn on_drained(&mut self, cx: &mut Cx<'_>) {
         cx.act(Action::Reply(b"error: server shutting down\n"));

@@ -144,6 +144,12 @@ pub trait Service {
 
     /// The loop is about to close this connection at the end of a graceful stop: a last word.
     fn on_drained(&mut self, _cx: &mut Cx<'_>) {}
+
+    /// Heap bytes of input this session holds (a partial line, a header): part of what
+    /// `--max-memory` bounds.
+    fn buffered(&self) -> usize {
+        0
+    }
 }
 
 /// Which service a socket serves. The name is the one printed in `listening <name> <proto>`.
@@ -259,6 +265,10 @@ impl Service for Session {
 
     fn on_drained(&mut self, cx: &mut Cx<'_>) {
         self.inner().on_drained(cx);
+    }
+
+    fn buffered(&self) -> usize {
+        self.inner_ref().buffered()
     }
 }
 

@@ -199,6 +199,25 @@ impl ServerProcess {
         }
     }
 
+    /// Every log line up to and including the first one containing `needle`.
+    pub fn logs_until(&self, needle: &str) -> Vec<String> {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line.contains(needle);
+                    lines.push(line);
+                    if done {
+                        return lines;
+                    }
+                }
+                Err(_) => panic!("no log line containing {needle:?}"),
+            }
+        }
+    }
+
     /// VmRSS of the server in KiB.
     pub fn rss_kib(&self) -> u64 {
         rss_kib(self.pid())
