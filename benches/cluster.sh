@@ -2,13 +2,13 @@
 # Scaling out, measured: one broadcast room on 1 node vs 3 nodes bridged through Redis, and
 # echo on 1 process vs 2 `--reuseport` processes, side by side in the same run.
 #
-# usage: benches/cluster.sh [SECONDS (5)] [REPEATS (3)]
+# usage: [SENDERS=3] benches/cluster.sh [SECONDS (5)] [REPEATS (3)]
 #        (also: cargo bench --bench scenarios -- cluster)
 # needs: a release build (cargo build --release), redis-server, taskset, python3, and a
 #        `resound bench` that takes several targets (`--target A,B,C`); LOADER=path/to/resound
 #        picks another build of the load generator.
 #
-# Broadcast: 100 receivers + 3 senders, 64 B lines paced at 1000 lines/s in total (open loop:
+# Broadcast: 100 receivers + SENDERS senders, 64 B lines paced at 1000 lines/s in total (open loop:
 # latency from each line's intended send time). The 3-node run spreads the connections round
 # robin over the nodes, so each line reaches a third of its receivers locally and two thirds
 # through Redis. Servers (nodes and Redis) on CPU 0, the load generator on CPU 1. CPU per
@@ -25,6 +25,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
 repeat=${2:-3}
+senders=${SENDERS:-3}
 bin=${BIN:-$PWD/target/release/resound}
 loader=${LOADER:-$bin}
 [[ -x $bin ]] || { echo "build first: cargo build --release" >&2; exit 2; }
@@ -73,7 +74,7 @@ bcast_run() {
     local before=0 after=0 r0=0 r1=0
     for p in $nodes; do before=$((before + $(cpu_ticks "$p"))); done
     [[ $redis != 0 ]] && r0=$(cpu_ticks "$redis")
-    taskset -c 1 "$loader" bench broadcast -t "$targets" -c 100 --senders 3 --rate 1000 \
+    taskset -c 1 "$loader" bench broadcast -t "$targets" -c 100 --senders "$senders" --rate 1000 \
         -d "$secs" --quiet --json > "$out"
     for p in $nodes; do after=$((after + $(cpu_ticks "$p"))); done
     [[ $redis != 0 ]] && r1=$(cpu_ticks "$redis")
@@ -145,7 +146,7 @@ s_cpu=$(per_line "${single[@]}") c_cpu=$(per_line "${cluster[@]}")
 r_cpu=$(printf '%s\n' "${cluster[@]}" | awk '{printf "%.4f\n", $5 * 1e6 / $3}' | median)
 
 echo
-echo "broadcast: 100 receivers + 3 senders, 64 B lines at 1000 lines/s; medians of $repeat x $secs s"
+echo "broadcast: 100 receivers + $senders sender(s), 64 B lines at 1000 lines/s; medians of $repeat x $secs s"
 echo "| setup | p50 µs | p99 µs | lines delivered | CPU µs per delivered line | errors |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"
 printf '| 1 node | %s | %s | %s | %.3f | %s |\n' "$(col 1 "${single[@]}")" "$s_p99" \
