@@ -411,6 +411,97 @@ fn a_graceful_stop_publishes_what_members_said_before_it() {
     assert!(a.wait().success());
 }
 
+/// Anything else published on the channel — a stranger's text, a message with a broken
+/// header — is logged and skipped; the node stays up and delivers the next good message.
+#[test]
+fn bad_messages_on_the_channel_are_logged_and_skipped() {
+    let redis = Redis::start();
+    let n = node(&redis, &[]);
+    let mut member = client(&n);
+    let mut publisher = Resp::connect(&redis);
+    // The member is in the room once its own line reaches the channel.
+    let mut listener = Resp::connect(&redis);
+    listener.command(&[b"SUBSCRIBE", b"room"]);
+    say(&mut member, "here\n");
+    assert!(listener.message().ends_with(b"\nhere\n"));
+    for junk in [
+        &b"hello, anyone?"[..],
+        b"resound1 nothex 1\nx\n",
+        b"resound1 0000000000000001 1\nno newline",
+    ] {
+        publisher.command(&[b"PUBLISH", b"room", junk]);
+    }
+    publisher.command(&[b"PUBLISH", b"room", &bus_message(1, 2, b"good\n")]);
+    assert_eq!(hear(&mut member), "good\n");
+    assert!(n.wait_for_log("skipped").contains("bad message"));
+}
+
+/// A Redis that stops reading (SIGSTOP) fills the publish queue: past --bridge-max-queue,
+/// batches are dropped and counted, and local members get every line all along.
+#[test]
+fn a_stalled_redis_costs_dropped_batches_not_memory_or_local_lines() {
+    const LINES: usize = 200_000;
+    let redis = Redis::start();
+    let n = node(&redis, &["--bridge-max-queue", "64k"]);
+    let mut room = join(&[&n], &[0, 0]);
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(redis.child.id() as i32, libc::SIGSTOP) },
+        0
+    );
+
+    // 200 000 lines of 100 bytes (20 MB: more than the kernel buffers between us and Redis
+    // hold), read by the other member as they come.
+    let mut sender = room.remove(0).into_inner();
+    let mut reader = room.remove(0);
+    let writer = thread::spawn(move || {
+        let line = format!("{}\n", "y".repeat(99));
+        let batch = line.repeat(1000);
+        for _ in 0..LINES / 1000 {
+            sender.write_all(batch.as_bytes()).unwrap();
+        }
+        sender
+    });
+    let mut got = 0;
+    let mut buf = vec![0; 1 << 16];
+    while got < LINES * 100 {
+        let k = reader.read(&mut buf).expect("read");
+        assert!(k > 0, "closed after {got} bytes");
+        got += k;
+    }
+    assert_eq!(got, LINES * 100, "every line, locally");
+    let _sender = writer.join().unwrap();
+    let line = stats(&n);
+    assert!(stat(&line, "bridge_dropped") > 0, "{line}");
+    assert_eq!(stat(&line, "evicted"), 0, "{line}");
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::kill(redis.child.id() as i32, libc::SIGCONT) },
+        0
+    );
+}
+
+/// --bridge without the broadcast service is refused at start; a malformed URL is a usage
+/// error naming the flag.
+#[test]
+fn bridge_flags_are_checked_at_start() {
+    let (status, stderr) = run_binary(&[
+        "serve",
+        "--echo",
+        "127.0.0.1:0",
+        "--bridge",
+        "redis://127.0.0.1:6379/room",
+    ]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--bridge needs the broadcast service"),
+        "{stderr}"
+    );
+    let (status, stderr) = run_binary(&["serve", "--bridge", "127.0.0.1:6379/room"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--bridge"), "{stderr}");
+}
+
 // ------------------------------------------------------------------------ --reuseport
 
 /// Two `--reuseport` processes on one port both get connections; stopping one leaves the
