@@ -39,7 +39,7 @@
 //!   A node Redis evicts for reading too slowly (its `client-output-buffer-limit pubsub`) just
 //!   reconnects the same way, and counts the gap.
 //!
-//! The host is resolved once, at start-up (see [`BridgeUrl`](crate::config::BridgeUrl)): the
+//! The host is resolved once, at start-up (see [`BridgeUrl`]): the
 //! system resolver blocks, and the loop must not.
 
 pub mod link;
