@@ -187,7 +187,7 @@ pub struct ServeArgs {
     pub reuseport: bool,
 
     /// Span the broadcast room over every process bridged to this Redis pub/sub channel:
-    /// `redis://HOST[:PORT]/CHANNEL` (HOST resolved once, at start-up).
+    /// redis://HOST:PORT/CHANNEL (PORT 6379 if left out; HOST resolved once, at start-up).
     #[arg(long, value_name = "URL", value_parser = BridgeUrl::parse)]
     pub bridge: Option<BridgeUrl>,
 
