@@ -186,8 +186,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub reuseport: bool,
 
-    /// Span the broadcast room over every process bridged to this Redis pub/sub channel:
-    /// redis://HOST:PORT/CHANNEL (PORT 6379 if left out; HOST resolved once, at start-up).
+    /// Span the broadcast room over every process bridged to one Redis pub/sub channel. URL:
+    /// redis://HOST:PORT/CHANNEL; PORT 6379 if left out; HOST resolved once, at start-up.
     #[arg(long, value_name = "URL", value_parser = BridgeUrl::parse)]
     pub bridge: Option<BridgeUrl>,
 
