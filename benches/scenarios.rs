@@ -5,6 +5,10 @@
 //! ```text
 //! cargo bench --bench scenarios                       # every scenario, 3 repeats, 3 s each
 //! cargo bench --bench scenarios -- echo64p16,connect  # some of them
+//! cargo bench --bench scenarios -- cluster            # 3 nodes bridged through Redis vs 1,
+//!                                                     # 2 --reuseport workers vs 1 (only when
+//!                                                     # named: benches/cluster.sh, which needs
+//!                                                     # redis-server)
 //!     --repeat N      repeats per scenario (medians are reported)      [3]
 //!     --secs S        measured seconds per run (idle: seconds held)    [3]
 //!     --servers LIST  resound and/or c (the C epoll floor of ../shared/peers)  [resound]
@@ -421,8 +425,26 @@ fn cell(v: f64, decimals: usize) -> String {
     format!("{v:.decimals$}")
 }
 
+/// `cluster`: the scaling-out scenarios. They start several servers and a Redis at once, so
+/// `benches/cluster.sh` runs them (the same script by hand or here), with this build's binary.
+fn run_cluster(o: &Options) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/cluster.sh");
+    let status = Command::new("bash")
+        .arg(script)
+        .args([o.secs.to_string(), o.repeat.to_string()])
+        .env("BIN", env!("CARGO_BIN_EXE_resound"))
+        .status()
+        .expect("run benches/cluster.sh");
+    if !status.success() {
+        eprintln!("cluster: benches/cluster.sh failed ({status})");
+    }
+}
+
 fn main() {
     let o = options();
+    if o.only.iter().any(|n| n == "cluster") {
+        run_cluster(&o);
+    }
     let cpus = thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, Config};
+use crate::config::{self, BridgeUrl, Config};
 use crate::units::{
     parse_connect_addr, parse_duration, parse_keepalive, parse_listen_addr, parse_positive_duration,
 };
@@ -84,7 +84,8 @@ Sizes: 64k, 1.5m, 4g, 1t (1k = 1024).
 Signals: SIGINT, SIGTERM and SIGQUIT stop accepting and drain: a connection with nothing
 owed either way is closed at once, the others finish what they were doing (at most
 --drain-timeout); a second signal stops at once. SIGUSR1 logs the stats line now. SIGHUP and
-SIGUSR2 are logged and ignored.
+SIGUSR2 are logged and ignored. With --bridge, the drain also waits (within the same
+timeout) for Redis to confirm every batch published.
 Logging: RUST_LOG=debug shows every connection's phases, RUST_LOG=trace what echo returns.")]
 pub struct ServeArgs {
     /// TCP echo: every byte back, in order.
@@ -179,6 +180,21 @@ pub struct ServeArgs {
     /// Log a stats line every SECS (0 = never); totals are always logged on exit.
     #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "0")]
     pub stats_interval: Duration,
+
+    /// Share every port with other `serve --reuseport` processes (SO_REUSEPORT): run one per
+    /// core; the kernel spreads new clients over them by a hash of their addresses.
+    #[arg(long)]
+    pub reuseport: bool,
+
+    /// Span the broadcast room over every process bridged to one Redis pub/sub channel. URL:
+    /// redis://HOST:PORT/CHANNEL; PORT 6379 if left out; HOST resolved once, at start-up.
+    #[arg(long, value_name = "URL", value_parser = BridgeUrl::parse)]
+    pub bridge: Option<BridgeUrl>,
+
+    /// Bytes the bridge may owe Redis; past it, batches are dropped (and counted) rather than
+    /// queued.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "16m")]
+    pub bridge_max_queue: usize,
 }
 
 impl ServeArgs {
@@ -219,6 +235,9 @@ impl ServeArgs {
         config.drain_timeout = self.drain_timeout;
         config.close_timeout = self.close_timeout;
         config.stats_interval = nonzero(self.stats_interval);
+        config.reuseport = self.reuseport;
+        config.bridge = self.bridge;
+        config.bridge_max_queue = self.bridge_max_queue;
         config.handle_signals = true;
         config
     }

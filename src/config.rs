@@ -77,6 +77,15 @@ pub struct Config {
     /// CLOSING) before it is released anyway: a peer that never reads what it is owed, or never
     /// sends its FIN, must not hold a descriptor forever.
     pub close_timeout: Duration,
+    /// SO_REUSEPORT on every socket (`--reuseport`): several processes serve the same
+    /// addresses, and the kernel spreads clients over them (by a hash of the addresses, not
+    /// by load).
+    pub reuseport: bool,
+    /// Bridge the broadcast room through this Redis pub/sub channel (`--bridge`).
+    pub bridge: Option<BridgeUrl>,
+    /// Bytes the bridge may owe Redis before it drops batches (`--bridge-max-queue`): a slow
+    /// or stalled Redis costs completeness on the other nodes, never memory here.
+    pub bridge_max_queue: usize,
     /// Install SIGINT/SIGTERM handlers (the binary does; in-process tests use the [`Handle`]).
     ///
     /// [`Handle`]: crate::Handle
@@ -108,6 +117,9 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(5),
             stats_interval: None,
             close_timeout: Duration::from_secs(5),
+            reuseport: false,
+            bridge: None,
+            bridge_max_queue: 16 * 1024 * 1024,
             handle_signals: false,
         }
     }
@@ -185,4 +197,94 @@ pub fn default_max_conns() -> usize {
 /// RLIMIT_NOFILE's soft limit (read by [`procfs`](crate::procfs), shared with `resound bench`).
 pub fn fd_limit() -> usize {
     crate::procfs::fd_limit()
+}
+
+/// Where the bridge meets the other nodes: `redis://HOST[:PORT]/CHANNEL` (`--bridge`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeUrl {
+    /// Redis's address, resolved once, at start-up: a name is never looked up again, because
+    /// the system resolver blocks and the loop must not (restart to follow a moved Redis).
+    pub addr: SocketAddr,
+    /// The pub/sub channel every node of the room uses.
+    pub channel: String,
+}
+
+impl BridgeUrl {
+    /// Parse `redis://HOST[:PORT]/CHANNEL` (port 6379 by default). For clap's `value_parser`.
+    pub fn parse(s: &str) -> Result<BridgeUrl, String> {
+        let form = "expected redis://HOST[:PORT]/CHANNEL, e.g. redis://127.0.0.1:6379/room";
+        if s.starts_with("rediss://") {
+            return Err(format!("'{s}': TLS (rediss://) is not supported; {form}"));
+        }
+        let rest = s
+            .strip_prefix("redis://")
+            .ok_or_else(|| format!("'{s}': {form}"))?;
+        let (host_port, channel) = rest
+            .split_once('/')
+            .ok_or_else(|| format!("'{s}': no channel; {form}"))?;
+        if host_port.contains('@') {
+            return Err(format!(
+                "'{s}': credentials are not supported (run Redis without AUTH on a trusted network)"
+            ));
+        }
+        if channel.is_empty() || channel.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "'{s}': the channel must be a non-empty name without spaces; {form}"
+            ));
+        }
+        // A bare host gets Redis's port; `[v6]` alone too.
+        let has_port = match host_port.rsplit_once(':') {
+            Some((host, _)) => !host.is_empty() && (!host.contains(':') || host.ends_with(']')),
+            None => false,
+        };
+        let with_port = if has_port {
+            host_port.to_string()
+        } else {
+            format!("{host_port}:6379")
+        };
+        let addr = crate::units::parse_connect_addr(&with_port)?;
+        Ok(BridgeUrl {
+            addr,
+            channel: channel.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for BridgeUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redis://{}/{}", self.addr, self.channel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_bridge_urls() {
+        let u = BridgeUrl::parse("redis://127.0.0.1:7379/room").unwrap();
+        assert_eq!(u.addr, "127.0.0.1:7379".parse().unwrap());
+        assert_eq!(u.channel, "room");
+        assert_eq!(u.to_string(), "redis://127.0.0.1:7379/room");
+        let u = BridgeUrl::parse("redis://127.0.0.1/a:b").unwrap();
+        assert_eq!(
+            u.addr,
+            "127.0.0.1:6379".parse().unwrap(),
+            "Redis's port by default"
+        );
+        assert_eq!(u.channel, "a:b");
+        let u = BridgeUrl::parse("redis://[::1]/room").unwrap();
+        assert_eq!(u.addr, "[::1]:6379".parse().unwrap());
+        for bad in [
+            "127.0.0.1:6379/room",
+            "redis://127.0.0.1:6379",
+            "redis://127.0.0.1:6379/",
+            "redis://127.0.0.1:6379/two words",
+            "redis://:secret@127.0.0.1:6379/room",
+            "rediss://127.0.0.1:6379/room",
+            "redis://127.0.0.1:99999/room",
+        ] {
+            assert!(BridgeUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -25,6 +25,9 @@
 //!   transfer state machine.
 //! * `budget.rs`: `--max-memory`, one budget over what every client pins.
 //! * `room.rs`: the broadcast room — membership, fan-out, output limits, the drain guarantee.
+//! * `bridge.rs`: `--bridge`, the room spanning several processes through Redis pub/sub — the
+//!   bus message format, the link's sans-IO state machine (`bridge/link.rs`) and its two
+//!   non-blocking sockets.
 //! * `storage.rs`: the receiving directory: nameless temporaries, no-replace links, never
 //!   leaving `--dir`.
 //! * [`digest`]: the two hash algorithms and the `done <BYTES> <ALG>:<HEX>` line, shared by the
@@ -81,6 +84,7 @@ pub mod service;
 pub mod stats;
 pub mod units;
 
+pub(crate) mod bridge;
 pub(crate) mod budget;
 pub(crate) mod listener;
 pub(crate) mod room;

@@ -21,7 +21,8 @@ pub const BACKLOG: i32 = 4096;
 pub const TOO_MANY: &[u8] = b"error: too many connections\n";
 
 /// Bind a TCP listener: SO_REUSEADDR (so a restart does not wait out TIME-WAIT), non-blocking,
-/// a deep backlog, TCP_NODELAY and (unless `keepalive` is None) TCP keepalive.
+/// a deep backlog, TCP_NODELAY and (unless `keepalive` is None) TCP keepalive; SO_REUSEPORT if
+/// `reuseport` (see [`set_reuse_port`]).
 ///
 /// The last two are set on the *listener* because Linux copies a listening socket's options
 /// into every socket it accepts: one setsockopt at start-up instead of five per connection
@@ -31,9 +32,14 @@ pub const TOO_MANY: &[u8] = b"error: too many connections\n";
 /// cable pulled, a machine powered off) would otherwise hold its connection forever when no
 /// idle timeout is set: after `keepalive` of silence the kernel probes it, and gives up after
 /// four unanswered probes a quarter of that apart.
-pub fn bind_tcp(addr: SocketAddr, keepalive: Option<Duration>) -> io::Result<TcpListener> {
+pub fn bind_tcp(
+    addr: SocketAddr,
+    keepalive: Option<Duration>,
+    reuseport: bool,
+) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    set_reuse_port(&socket, reuseport)?;
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
     if let Some(idle) = keepalive {
@@ -49,9 +55,36 @@ pub fn bind_tcp(addr: SocketAddr, keepalive: Option<Duration>) -> io::Result<Tcp
     Ok(TcpListener::from_std(socket.into()))
 }
 
-/// Bind a non-blocking UDP socket.
-pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
-    UdpSocket::bind(addr)
+/// Bind a non-blocking UDP socket; SO_REUSEPORT if `reuseport` (see [`set_reuse_port`]).
+pub fn bind_udp(addr: SocketAddr, reuseport: bool) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    set_reuse_port(&socket, reuseport)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(UdpSocket::from_std(socket.into()))
+}
+
+/// `--reuseport`: SO_REUSEPORT, so that several processes (all with the option, all run by the
+/// same user) can bind the same address. One single-threaded loop per core then serves one
+/// port, with no shared state and no lock.
+///
+/// What the kernel does, honestly:
+/// * **placement is by hash, not by load**: each new connection (each datagram's source) goes to
+///   the listener a hash of its addresses picks. A busy process gets its share of new clients
+///   all the same, and a process's long-lived clients stay where they are.
+/// * **closing a listener drops what is queued on it**: connections the kernel completed but
+///   the process has not accepted are reset, unless `net.ipv4.tcp_migrate_req=1` (Linux 5.14+)
+///   moves them to another listener of the group. So a graceful stop accepts what is queued
+///   before it closes ([`Accepting::take_backlog_and_close`]); a connection that completes in the
+///   microseconds between that last accept and the close can still be lost without the sysctl.
+///
+/// Without the option (the default), a second process on the same address fails to start with
+/// `cannot bind ... Address in use`, as before: sharing a port must be asked for by everyone.
+fn set_reuse_port(socket: &Socket, reuseport: bool) -> io::Result<()> {
+    if reuseport {
+        socket.set_reuse_port(true)?;
+    }
+    Ok(())
 }
 
 /// Give one accepted connection its own keepalive idle time, between `idle` and twice that,
@@ -312,6 +345,37 @@ impl Accepting {
         }
     }
 
+    /// Stop accepting, graceful form: take every client already waiting in a backlog (the kernel
+    /// completed their handshakes, so they believe they are connected and may have sent a
+    /// request), then close every listener. Closing with clients queued would reset them.
+    /// At most one backlog's worth per listener, so this ends even under a connect flood.
+    pub fn take_backlog_and_close(&mut self) -> Vec<NewClient> {
+        let mut waiting = Vec::new();
+        for l in &mut self.listeners {
+            for _ in 0..BACKLOG {
+                match l.acceptor.accept() {
+                    Accepted::Conn(stream, peer) => waiting.push(NewClient {
+                        stream,
+                        peer,
+                        service: l.service,
+                    }),
+                    Accepted::Shed => {
+                        self.rejected += 1;
+                    }
+                    Accepted::Empty | Accepted::Pause(_) => break,
+                }
+            }
+        }
+        if !waiting.is_empty() {
+            debug!(
+                "accepted {} queued client(s) before closing the listeners",
+                waiting.len()
+            );
+        }
+        self.close_all();
+        waiting
+    }
+
     /// Stop accepting: close every listener. Clients still in a backlog are refused by the
     /// kernel.
     pub fn close_all(&mut self) {
@@ -330,6 +394,7 @@ mod tests {
         let listener = bind_tcp(
             "127.0.0.1:0".parse().unwrap(),
             Some(Duration::from_secs(42)),
+            false,
         )
         .unwrap();
         let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();

@@ -54,7 +54,6 @@ pub enum Origin {
     /// A local member, by slab key: it does not get its own lines back.
     Member(usize),
     /// Another node, through a bridge: every local member gets it.
-    #[allow(dead_code)] // until the bridge is attached
     Elsewhere,
 }
 
@@ -307,13 +306,11 @@ impl Room {
 
     // ---------------------------------------------------------------- a bridge
 
-    #[allow(dead_code)] // until the bridge is attached
     /// A bridge is attached: from now on, keep the chunks local members produce for it.
     pub fn attach_bridge(&mut self) {
         self.outgoing.get_or_insert_with(Vec::new);
     }
 
-    #[allow(dead_code)] // until the bridge is attached
     /// The chunks local members produced since the last call (empty without a bridge).
     pub fn take_outgoing(&mut self) -> Vec<(Rc<[u8]>, usize)> {
         self.outgoing

@@ -18,7 +18,9 @@
 //! 5. **bound memory**: write to every broadcast member that got lines this turn, once, in
 //!    one vectored write — lines from several senders cost each member one syscall — then, if
 //!    clients pin more than `--max-memory` in total, disconnect the largest
-//!    ([`Core::bound_memory`]);
+//!    ([`Core::bound_memory`]). With `--bridge`, what other nodes said joins the room just
+//!    before ([`Core::bridge_in`]), and what local members said is published just after —
+//!    they have it first ([`Core::bridge_out`]);
 //! 6. **fire timers**: idle and closing timeouts, output limits, file deadlines, the stats
 //!    line, and the drain's progress and deadline ([`Core::fire_timers`]);
 //! 7. **sweep**: free the connections that reached CLOSED during this turn
@@ -38,6 +40,7 @@
 //! | 8 | the UDP socket |
 //! | 9 | the signal pipe |
 //! | 10 | the waker ([`Handle::shutdown`] from another thread) |
+//! | 11, 12 | the bridge's subscriber and publisher connections to Redis (`--bridge`) |
 //! | 16 + K | the client connection in slab slot K |
 
 use std::fmt;
@@ -49,6 +52,7 @@ use log::{debug, info, warn};
 use mio::{Events, Poll, Registry, Token, Waker};
 use slab::Slab;
 
+use crate::bridge::Bridge;
 use crate::budget::{self, Budget};
 use crate::config::Config;
 use crate::connection::{Connection, Input, Timeouts};
@@ -70,6 +74,8 @@ const FILES_LISTENER: Token = Token(2);
 const UDP_SOCKET: Token = Token(8);
 const SIGNALS: Token = Token(9);
 const WAKER: Token = Token(10);
+const BRIDGE_SUB: Token = Token(11);
+const BRIDGE_PUB: Token = Token(12);
 const FIRST_CONN: usize = 16;
 
 /// Bytes read from, and bytes written to, one connection per visit. Large enough that a bulk
@@ -157,6 +163,8 @@ struct Core {
     /// Connections that reached CLOSED this turn, freed by the sweep.
     closed: Vec<usize>,
     room: Room,
+    /// The Redis link that spans the room over several processes (`--bridge`; None: no cost).
+    bridge: Option<Bridge>,
     /// Clients refused at `--max-conns` that are still being closed in order.
     refusing: usize,
     /// `--max-memory`: what every client pins, in total.
@@ -223,6 +231,28 @@ impl Server {
 
         let now = Instant::now();
         let budget = Budget::new(config.max_memory);
+        let mut room = Room::new(
+            OutputLimits {
+                hard: config.bcast_hard_limit,
+                soft: config.bcast_soft_limit,
+                soft_time: config.bcast_soft_time,
+            },
+            budget.ledger(),
+        );
+        let bridge = match &config.bridge {
+            Some(_) if config.broadcast.is_none() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "--bridge needs the broadcast service (--broadcast)",
+                ));
+            }
+            Some(url) => {
+                room.attach_bridge();
+                let tokens = [BRIDGE_SUB, BRIDGE_PUB];
+                Some(Bridge::new(url, config.bridge_max_queue, tokens, now))
+            }
+            None => None,
+        };
         Ok(Server {
             poll,
             events: Events::with_capacity(EVENTS_CAPACITY),
@@ -237,14 +267,8 @@ impl Server {
                 clients: Slab::new(),
                 run_queue: Vec::new(),
                 closed: Vec::new(),
-                room: Room::new(
-                    OutputLimits {
-                        hard: config.bcast_hard_limit,
-                        soft: config.bcast_soft_limit,
-                        soft_time: config.bcast_soft_time,
-                    },
-                    budget.ledger(),
-                ),
+                room,
+                bridge,
                 budget,
                 refusing: 0,
                 shared: Shared {
@@ -319,7 +343,8 @@ fn bind_listeners(
     ];
     for (service, addr, token) in tcp_services {
         let Some(addr) = addr else { continue };
-        let tcp = listener::bind_tcp(addr, config.keepalive).map_err(bind_error(service, addr))?;
+        let tcp = listener::bind_tcp(addr, config.keepalive, config.reuseport)
+            .map_err(bind_error(service, addr))?;
         bound.push(Bound {
             service,
             addr: tcp.local_addr()?,
@@ -339,7 +364,7 @@ fn bind_udp(
         return Ok(None);
     };
     let service = ServiceKind::Udp;
-    let socket = listener::bind_udp(addr).map_err(bind_error(service, addr))?;
+    let socket = listener::bind_udp(addr, config.reuseport).map_err(bind_error(service, addr))?;
     bound.push(Bound {
         service,
         addr: socket.local_addr()?,
@@ -367,6 +392,7 @@ impl Core {
             || self.udp.as_ref().is_some_and(UdpEcho::ready)
             || self.stop.pending()
             || self.budget.over()
+            || self.bridge.as_ref().is_some_and(Bridge::busy)
         {
             return Some(Duration::ZERO);
         }
@@ -377,6 +403,7 @@ impl Core {
             self.accepting.deadline(),
             self.ticker.next(),
             self.budget.give_back_at(),
+            self.bridge.as_ref().and_then(Bridge::deadline),
         ]
         .into_iter()
         .flatten()
@@ -389,6 +416,11 @@ impl Core {
         match event.token() {
             SIGNALS => self.stop.on_signals(),
             WAKER => {} // stop requests are read once per turn
+            BRIDGE_SUB | BRIDGE_PUB => {
+                if let Some(bridge) = &mut self.bridge {
+                    bridge.on_event(event);
+                }
+            }
             UDP_SOCKET => {
                 if let Some(udp) = &mut self.udp {
                     udp.on_event();
@@ -411,7 +443,9 @@ impl Core {
     fn turn(&mut self) {
         self.take_in(); // 3
         self.visit_ready(); // 4
+        self.bridge_in(); // 5, with --bridge
         self.bound_memory(); // 5
+        self.bridge_out(); // 5, with --bridge
         self.fire_timers(); // 6
         self.sweep(); // 7
     }
@@ -674,6 +708,36 @@ impl Core {
         }
     }
 
+    /// Step 5, with `--bridge` only, before the flush: drive the Redis link's timers, connects
+    /// and reads, and fan out what other nodes published — so it leaves in the same write to
+    /// each member as this turn's local lines.
+    fn bridge_in(&mut self) {
+        let Some(bridge) = &mut self.bridge else {
+            return;
+        };
+        bridge.receive(self.now, &mut self.scratch, &self.registry);
+        let mut remote = false;
+        while let Some((batch, lines)) = bridge.poll_lines() {
+            self.room.publish(Origin::Elsewhere, batch, lines);
+            remote = true;
+        }
+        if remote {
+            self.room.fan_out(&mut self.clients);
+        }
+    }
+
+    /// Step 5, with `--bridge` only, after the flush: publish the batches local members sent
+    /// this turn (they have had them first).
+    fn bridge_out(&mut self) {
+        let Some(bridge) = &mut self.bridge else {
+            return;
+        };
+        for (batch, _lines) in self.room.take_outgoing() {
+            bridge.publish(&batch);
+        }
+        bridge.send(self.now, &self.registry);
+    }
+
     // ------------------------------------------------------------------ 6. timers
 
     /// Step 6: act on every deadline that is due; the stats line; the drain.
@@ -770,8 +834,11 @@ impl Core {
             self.config.drain_timeout
         );
         self.drain = Drain::begin(self.now, self.config.drain_timeout);
-        // Dropping a listener closes it; clients still in its backlog are refused.
-        self.accepting.close_all();
+        // Clients already in a backlog were told they are connected: serve them like the rest
+        // (closing the listener with them queued would reset them), then close the listeners.
+        for client in self.accepting.take_backlog_and_close() {
+            self.admit(client);
+        }
         self.udp = None;
         for (key, client) in self.clients.iter_mut() {
             let finish = client.session.on_stop() == OnStop::Finish;
@@ -845,8 +912,14 @@ impl Core {
         }
     }
 
+    /// Stopping, every connection gone, and the bridge has published what they said (or the
+    /// drain ran out of time).
     fn finished(&self) -> bool {
-        self.drain.stopping() && self.clients.is_empty()
+        self.drain.stopping()
+            && self.clients.is_empty()
+            && self.bridge.as_ref().is_none_or(|b| {
+                b.flushed() || self.drain == Drain::Now || self.drain.expired(self.now)
+            })
     }
 
     // ------------------------------------------------------------------ stats
@@ -859,6 +932,13 @@ impl Core {
         totals.lines_out = room.lines_out;
         totals.evicted = room.evicted + self.budget.evicted();
         totals.rejected += self.accepting.rejected;
+        if let Some(bridge) = &self.bridge {
+            let c = bridge.counters();
+            totals.bridge_in = c.received;
+            totals.bridge_out = c.published;
+            totals.bridge_lost = c.lost;
+            totals.bridge_dropped = c.dropped;
+        }
         for (_, client) in &self.clients {
             let core = &client.tcp.core;
             totals.bytes_in += core.bytes_in();
@@ -880,6 +960,12 @@ impl Core {
     }
 
     fn finish(&mut self) -> Stats {
+        if let Some(bridge) = self.bridge.as_ref().filter(|b| !b.flushed()) {
+            warn!(
+                "bridge: stopping with publishes unconfirmed by Redis ({} bytes unsent)",
+                bridge.queued()
+            );
+        }
         let snapshot = self.snapshot();
         info!("stopped; totals: {snapshot}");
         snapshot.totals

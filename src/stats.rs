@@ -37,6 +37,15 @@ pub struct Stats {
     pub udp_out: u64,
     /// UDP replies the socket would not take (dropped, as UDP may).
     pub udp_dropped: u64,
+    /// `--bridge`: messages (batches of lines) from other nodes given to the room.
+    pub bridge_in: u64,
+    /// `--bridge`: our messages Redis confirmed.
+    pub bridge_out: u64,
+    /// `--bridge`: other nodes' messages never received (gaps in their sequence numbers).
+    pub bridge_lost: u64,
+    /// `--bridge`: our batches not published (link down, `--bridge-max-queue` full, or the
+    /// link lost before Redis confirmed them).
+    pub bridge_dropped: u64,
 }
 
 /// Stats plus the number of live connections in each phase: what a stats line prints.
@@ -62,7 +71,8 @@ impl fmt::Display for Snapshot {
             f,
             " accepted={} rejected={} closed={} bytes_in={} bytes_out={} discarded={} \
              lines_in={} lines_out={} evicted={} files_stored={} files_refused={} \
-             udp_in={} udp_out={} udp_dropped={}",
+             udp_in={} udp_out={} udp_dropped={} \
+             bridge_in={} bridge_out={} bridge_lost={} bridge_dropped={}",
             s.accepted,
             s.rejected,
             s.closed,
@@ -76,7 +86,11 @@ impl fmt::Display for Snapshot {
             s.files_refused,
             s.udp_in,
             s.udp_out,
-            s.udp_dropped
+            s.udp_dropped,
+            s.bridge_in,
+            s.bridge_out,
+            s.bridge_lost,
+            s.bridge_dropped
         )
     }
 }
@@ -224,7 +238,7 @@ mod tests {
         assert_eq!(
             snap.to_string(),
             "conns=2 ESTABLISHED=1 CLOSE-WAIT=0 FIN-WAIT-1=0 FIN-WAIT-2=1 CLOSING=0 \
-             accepted=3 rejected=0 closed=1 bytes_in=0 bytes_out=0 discarded=0 lines_in=0 lines_out=0 evicted=0 files_stored=0 files_refused=0 udp_in=0 udp_out=0 udp_dropped=0"
+             accepted=3 rejected=0 closed=1 bytes_in=0 bytes_out=0 discarded=0 lines_in=0 lines_out=0 evicted=0 files_stored=0 files_refused=0 udp_in=0 udp_out=0 udp_dropped=0 bridge_in=0 bridge_out=0 bridge_lost=0 bridge_dropped=0"
         );
     }
 }
