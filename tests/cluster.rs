@@ -2,8 +2,10 @@
 //! and `--reuseport` processes sharing a port. Every process is the real binary; every port is
 //! picked by the kernel; every wait is on a log line or a read, bounded by `util::TIMEOUT`.
 //!
-//! These tests need `redis-server` (Debian: `apt-get install -y redis-server`; `.ci/run`
-//! installs it). Without it they fail and say so: a skipped test would pass for a broken bridge.
+//! These tests need `redis-server`. On a fresh Debian machine run as root (as CI is), the first
+//! test that needs it installs it (`apt-get install -y redis-server`), so the README's one test
+//! command sets everything up; elsewhere they fail and say how to install it: a skipped test
+//! would pass for a broken bridge.
 
 mod util;
 
@@ -17,6 +19,34 @@ use std::time::Instant;
 use util::*;
 
 // ------------------------------------------------------------------------ a real Redis
+
+/// Install Redis once per test process if it is missing and we may (root, with apt-get).
+/// Anything else is left to the clear failure in [`Redis::start_on`].
+fn ensure_redis_installed() {
+    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let present = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if present || !root || Command::new("apt-get").arg("--version").output().is_err() {
+            return;
+        }
+        eprintln!("redis-server is missing: installing it with apt-get (once)");
+        let apt = |args: &[&str]| {
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(Stdio::null())
+                .status()
+        };
+        let _ = apt(&["update", "-qq"]);
+        let _ = apt(&["install", "-y", "-qq", "redis-server"]);
+    });
+}
 
 /// A `redis-server` child on a loopback port, without persistence, stopped by PID on drop.
 struct Redis {
@@ -44,6 +74,7 @@ impl Redis {
 
     /// Start Redis on `port`; None if the port is taken.
     fn start_on(port: u16) -> Option<Redis> {
+        ensure_redis_installed();
         let spawned = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--logfile", ""])
