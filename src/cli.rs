@@ -44,12 +44,26 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
-Speaks the framed form of the protocol: '<SIZE> <NAME>\\n', wait for 'ok', stream the
-content, half-close, then read 'done <BYTES> <SHA256>'. Exit status: 0 when that line matches
-what was sent; 1 on any failure (the message says what happened); 2 on a usage error.
-A progress bar is drawn when stdout is a terminal.")]
+What goes on the wire:
+  FILE         '<SIZE> <NAME>\\n', wait for 'ok', the content (sendfile(2)), half-close, then
+               read 'done <BYTES> <ALG>:<HEX>' (ALG is blake3 or sha256, the server's choice).
+  - --name N   standard input, whose size is unknown: 'N\\n' (a name ended by a newline), wait
+               for 'ok', the content until EOF, half-close, then the same 'done' line, which must
+               match every byte read and their hash. N may not start with digits and a space.
+  --seed       the seeds' protocol: the bare name, wait for 'ok', the content, close. Their
+               receiver never confirms: a clean close after 'ok' exits 0 and says that nothing
+               was confirmed (a receiver that does send 'done' is checked).
+A FILE must be a regular file (a FIFO or device is refused at once: send it with
+'resound send - --name N < PATH'); one that changes size or mtime while being sent fails, and the
+connection is reset so that nothing is stored. A refusal from the server mid-stream (a size
+limit, a full disk) stops the transfer as soon as it arrives.
+
+Exit status: 0 when the 'done' line matches what was sent (or, with --seed, the receiver closed
+cleanly); 1 on any failure (the message says what happened); 2 on a usage error.
+Progress (rate, ETA) is drawn on stderr when stderr is a terminal; the result line goes to
+stdout.")]
 pub struct SendArgs {
-    /// The file to send.
+    /// The file to send, or - for standard input (then --name is required).
     pub file: PathBuf,
 
     /// The files service's address.
@@ -57,16 +71,26 @@ pub struct SendArgs {
     pub to: SocketAddr,
 
     /// Store the file under this name instead of its own base name.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", required_if_eq("file", "-"))]
     pub name: Option<String>,
 
-    /// How long to wait to connect and for each reply of the server.
-    #[arg(long, value_name = "SECS", value_parser = parse_positive_duration, default_value = "30")]
+    /// How long to wait to connect, for each reply of the server, and for it to take more of
+    /// the file (0 = forever).
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "30")]
     pub timeout: Duration,
 
-    /// No progress bar, even on a terminal.
+    /// No progress line, even on a terminal.
     #[arg(long, short)]
     pub quiet: bool,
+
+    /// Speak the seeds' bare-name protocol (for their Go receiver, which never confirms).
+    #[arg(long)]
+    pub seed: bool,
+
+    /// Copy the file through a buffer with read/write instead of sendfile(2) (for a filesystem
+    /// where sendfile misbehaves, or to compare the two).
+    #[arg(long)]
+    pub no_sendfile: bool,
 }
 
 #[derive(Args, Debug)]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use resound::Server;
 use resound::cli::{Cli, Command, SendArgs, ServeArgs};
-use resound::send::{self, SendOptions};
+use resound::send::{self, SendOptions, Source};
 
 fn main() -> ExitCode {
     // Usage errors exit with status 2 inside `parse`, with clap's message on stderr.
@@ -20,12 +20,19 @@ fn main() -> ExitCode {
 }
 
 fn send(args: SendArgs) -> ExitCode {
+    let source = if args.file.as_os_str() == "-" {
+        Source::Stdin
+    } else {
+        Source::Path(&args.file)
+    };
     let opts = SendOptions {
-        file: &args.file,
+        source,
         to: args.to,
         name: args.name.as_deref(),
-        timeout: args.timeout,
-        progress: !args.quiet && send::stdout_is_terminal(),
+        timeout: (!args.timeout.is_zero()).then_some(args.timeout),
+        progress: !args.quiet && send::stderr_is_terminal(),
+        seed: args.seed,
+        sendfile: !args.no_sendfile,
     };
     match send::send(&opts) {
         Ok(sent) => {
@@ -33,7 +40,7 @@ fn send(args: SendArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("resound send: {}: {e}", args.file.display());
+            eprintln!("resound send: {e}");
             ExitCode::FAILURE
         }
     }

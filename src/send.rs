@@ -1,47 +1,87 @@
-//! `resound send FILE --to ADDR`: the sending side of the file transfer.
+//! `resound send`: the sending side of the file transfer.
 //!
-//! It speaks the framed form (`<SIZE> <NAME>\n`), so the server can tell a complete file from
-//! one cut short, and it exits 0 only when the server's `done <BYTES> <SHA256>` line matches
-//! what was sent, byte count and hash.
+//! ```text
+//! resound send FILE [--name NAME]     "<SIZE> <NAME>\n", ok, content, half-close, "done ..."
+//! resound send - --name NAME          "<NAME>\n",        ok, content until EOF, half-close, "done ..."
+//! resound send FILE --seed            "<NAME>",          ok, content, close   (the seeds' receiver)
+//! ```
 //!
-//! Unlike the server this is a plain blocking client: one connection, one stream of bytes, and
-//! a blocking `write` is exactly the backpressure wanted — when the server (or the network)
-//! falls behind, the kernel's send buffer fills and `write` waits, so memory stays at one
-//! buffer whatever the file's size. An event loop would add nothing here.
+//! * **A file** goes in the framed form (`<SIZE> <NAME>\n`): the server can then tell a complete
+//!   file from one cut short, even by an orderly close. It exits 0 only when the server's
+//!   `done <BYTES> <ALG>:<HEX>` line matches what was sent, count and hash; it prints which
+//!   algorithm confirmed it.
+//! * **Standard input** (`-`) has no size, so it goes as a name ended by a newline (`NAME\n`)
+//!   and the content runs until our half-close; the `done` line must still match the bytes and
+//!   the hash sent. (A name that starts with digits and a space cannot be sent this way: the
+//!   server would read the digits as a size. It is refused here, before connecting.)
+//! * **`--seed`** speaks the seeds' bare-name protocol to their Go receiver: the name with no
+//!   newline, wait for `ok`, the content, then close. That receiver never confirms anything, so
+//!   a clean close after `ok` is a success that says nothing was confirmed; a receiver that does
+//!   send `done` (resound's) is checked as usual.
+//!
+//! Which hash the server uses is only known from its `done` line. A file is hashed with BLAKE3
+//! (the server's default) as it is sent, and read again with SHA-256 afterwards if the server
+//! answers in SHA-256 (`serve --hash sha256`, or an older server). Standard input cannot be read
+//! again, so it is hashed both ways as it goes.
+//!
+//! A file that changes while it is sent (its size or modification time, see `input.rs`) is
+//! never confirmed: the connection is reset instead of half-closed, so the server stores
+//! nothing, and the exit status is 1.
+//!
+//! Unlike the server this is a blocking client: one connection, one stream of bytes, and
+//! memory of one 256 KiB buffer whatever the size. The content is the one part that is not
+//! plain blocking I/O: see `wire.rs` for `sendfile` and for hearing a refusal mid-stream.
+//!
+//! Every failure is a [`SendError`] whose message names what it is about (the file, or the
+//! server's address) and why; `main` prints it as `resound send: <what>: <why>`.
+
+mod input;
+mod progress;
+mod wire;
 
 use std::fmt;
-use std::fs::File;
-use std::io::{self, IsTerminal, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::Path;
+use std::io::{self, IsTerminal};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::digest::{Algorithm, Digest, Done, Hasher};
-use crate::service::files::{self, OK};
+use crate::digest::{Algorithm, Digest, Done, DoneError, Hasher};
+use crate::service::files::{self, Header};
 
-/// Bytes read from the file and written to the socket at a time.
-const CHUNK: usize = 256 * 1024;
+pub use input::Source;
+
+use input::Input;
+use progress::Progress;
+use wire::Conn;
 
 /// What `resound send` needs.
+#[derive(Clone, Copy, Debug)]
 pub struct SendOptions<'a> {
-    pub file: &'a Path,
+    pub source: Source<'a>,
     pub to: SocketAddr,
-    /// Store under this name instead of the file's own.
+    /// Store under this name instead of the file's own (required for standard input).
     pub name: Option<&'a str>,
-    /// How long to wait for the connection and for each reply.
-    pub timeout: Duration,
-    /// Draw a progress bar (on a terminal).
+    /// How long to wait to connect, for each reply, and for the server to take more of the file
+    /// (None = forever).
+    pub timeout: Option<Duration>,
+    /// Draw a progress line on stderr.
     pub progress: bool,
+    /// Speak the seeds' bare-name protocol.
+    pub seed: bool,
+    /// Send a regular file with `sendfile(2)`; false copies it through a buffer with `write`.
+    pub sendfile: bool,
 }
 
-/// A confirmed transfer.
+/// A finished transfer.
 #[derive(Debug)]
 pub struct Sent {
     pub name: String,
     pub bytes: u64,
-    /// The hash the server confirmed the transfer with.
-    pub digest: Digest,
+    /// The hash the server confirmed the transfer with; None when the receiver (a seed
+    /// receiver, `--seed`) closed without confirming anything.
+    pub confirmed: Option<Digest>,
     pub elapsed: Duration,
+    /// The content went out with `sendfile(2)` (false: copied through a buffer).
+    pub sendfile: bool,
 }
 
 impl fmt::Display for Sent {
@@ -49,240 +89,305 @@ impl fmt::Display for Sent {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         write!(
             f,
-            "sent {:?}: {} in {:.2} s ({}/s); stored, {} {}",
+            "sent {:?}: {} in {:.2} s ({}/s); ",
             self.name,
             human(self.bytes as f64),
             secs,
             human(self.bytes as f64 / secs),
-            self.digest.algorithm,
-            self.digest.hex()
-        )
+        )?;
+        match &self.confirmed {
+            Some(d) => write!(f, "stored, confirmed by {} {}", d.algorithm, d.hex()),
+            None => f.write_str(
+                "the receiver took it and closed without a confirmation (the seeds' protocol \
+                 has none): nothing was confirmed",
+            ),
+        }
     }
 }
 
-/// Everything that can go wrong, each with a message that says what to do about it.
+/// Everything that can go wrong, each with a message that says what it is about and why.
 #[derive(Debug)]
 pub enum SendError {
-    File(io::Error),
-    BadName(String),
-    Connect(io::Error),
-    /// The server answered `error: ...`.
-    Refused(String),
-    /// The connection broke or timed out.
-    Io(&'static str, io::Error),
+    /// The file (or standard input) cannot be opened or read.
+    Input {
+        what: String,
+        err: io::Error,
+    },
+    /// A path that is not a regular file.
+    NotRegular {
+        path: String,
+        kind: &'static str,
+    },
+    /// The file changed while it was being sent.
+    Changed {
+        path: String,
+        how: String,
+    },
+    /// The name cannot be sent (the reason says why).
+    BadName {
+        name: String,
+        why: String,
+    },
+    Connect {
+        addr: SocketAddr,
+        err: io::Error,
+    },
+    /// Nothing happened for `after`.
+    Timeout {
+        addr: SocketAddr,
+        after: Duration,
+        waiting_for: &'static str,
+    },
+    /// The server answered `error: <reason>`.
+    Refused {
+        addr: SocketAddr,
+        reason: String,
+    },
+    /// The connection failed (reset, broken pipe).
+    Broken {
+        addr: SocketAddr,
+        during: &'static str,
+        err: io::Error,
+    },
+    /// The server closed the connection without a word.
+    Closed {
+        addr: SocketAddr,
+        during: String,
+    },
     /// The server's reply was not part of the protocol.
-    Protocol(String),
+    Protocol {
+        addr: SocketAddr,
+        said: String,
+    },
     /// The server stored something other than what was sent.
     Mismatch {
+        addr: SocketAddr,
         sent: u64,
-        sent_hash: Digest,
-        stored: String,
+        digest: Digest,
+        said: String,
     },
 }
 
 impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SendError::File(e) => write!(f, "cannot read the file: {e}"),
-            SendError::BadName(why) => write!(f, "cannot send under that name: {why}"),
-            SendError::Connect(e) => write!(f, "cannot connect: {e}"),
-            SendError::Refused(why) => write!(f, "the server refused the file: {why}"),
-            SendError::Io(what, e) => write!(f, "transfer failed while {what}: {e}"),
-            SendError::Protocol(what) => write!(f, "unexpected reply from the server: {what}"),
-            SendError::Mismatch {
-                sent,
-                sent_hash,
-                stored,
+            SendError::Input { what, err } => write!(f, "{what}: {}", why(err)),
+            SendError::NotRegular { path, kind } => {
+                write!(f, "{path}: is {kind}, not a regular file")?;
+                if *kind != "a directory" {
+                    write!(
+                        f,
+                        "; to send what it streams, use `resound send - --name NAME < {path}`"
+                    )?;
+                }
+                Ok(())
+            }
+            SendError::Changed { path, how } => write!(
+                f,
+                "{path}: changed while being sent ({how}); the transfer was abandoned and \
+                 nothing was confirmed"
+            ),
+            SendError::BadName { name, why } => write!(f, "cannot send as {name:?}: {why}"),
+            SendError::Connect { addr, err } => {
+                write!(f, "cannot connect to {addr}: {}", why(err))
+            }
+            SendError::Timeout {
+                addr,
+                after,
+                waiting_for,
             } => write!(
                 f,
-                "the server's confirmation does not match: sent {sent} bytes with \
-                 {sent_hash}, server said {stored:?}"
+                "{addr}: timed out after {} waiting for {waiting_for}",
+                secs(*after)
+            ),
+            SendError::Refused { addr, reason } => {
+                write!(f, "{addr} refused the file: {reason}")?;
+                if reason == "file exists" || reason.contains("in progress") {
+                    f.write_str("; send it under another name with --name NAME")?;
+                }
+                Ok(())
+            }
+            SendError::Broken { addr, during, err } => {
+                write!(f, "{addr}: connection lost while {during}: {}", why(err))
+            }
+            SendError::Closed { addr, during } => write!(
+                f,
+                "{addr}: the server closed the connection while {during}, without saying why"
+            ),
+            SendError::Protocol { addr, said } => {
+                write!(f, "{addr}: unexpected reply from the server: {said:?}")
+            }
+            SendError::Mismatch {
+                addr,
+                sent,
+                digest,
+                said,
+            } => write!(
+                f,
+                "{addr}: the server's confirmation does not match: sent {sent} bytes with \
+                 {digest}, the server said {said:?}"
             ),
         }
     }
 }
 
-/// Send one file; `Ok` only once the server has confirmed every byte.
+impl std::error::Error for SendError {}
+
+/// Send one file (or standard input); `Ok` only once the server has confirmed every byte, or,
+/// with `--seed`, once the receiver has taken them and closed.
 pub fn send(opts: &SendOptions) -> Result<Sent, SendError> {
-    let mut file = File::open(opts.file).map_err(SendError::File)?;
-    let meta = file.metadata().map_err(SendError::File)?;
-    if !meta.is_file() {
-        return Err(SendError::File(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        )));
-    }
-    let size = meta.len();
-    let name = match opts.name {
-        Some(name) => name.to_string(),
-        None => opts
-            .file
+    let mut input = Input::open(opts.source)?;
+    let name = match (opts.name, opts.source) {
+        (Some(name), _) => name.to_string(),
+        (None, Source::Path(path)) => path
             .file_name()
             .and_then(|n| n.to_str())
-            .ok_or_else(|| SendError::BadName("the file name is not UTF-8".into()))?
+            .ok_or_else(|| SendError::BadName {
+                name: path.display().to_string(),
+                why: "the file name is not UTF-8; give one with --name NAME".into(),
+            })?
             .to_string(),
+        (None, Source::Stdin) => {
+            return Err(SendError::BadName {
+                name: "-".into(),
+                why: "standard input has no name; give one with --name NAME".into(),
+            });
+        }
     };
-    files::validate_name(name.as_bytes()).map_err(|e| SendError::BadName(e.to_string()))?;
+    let header = header(&name, input.size(), opts.seed)?;
 
-    let mut sock =
-        TcpStream::connect_timeout(&opts.to, opts.timeout).map_err(SendError::Connect)?;
-    sock.set_read_timeout(Some(opts.timeout))
-        .map_err(SendError::Connect)?;
-    sock.set_write_timeout(Some(opts.timeout))
-        .map_err(SendError::Connect)?;
+    let mut conn = Conn::connect(opts.to, opts.timeout)?;
     let started = Instant::now();
+    conn.send_header(&header)?;
+    conn.read_ok()?;
 
-    sock.write_all(format!("{size} {name}\n").as_bytes())
-        .map_err(|e| SendError::Io("sending the header", e))?;
-    let mut reply = [0; 2];
-    sock.read_exact(&mut reply)
-        .map_err(|e| SendError::Io("waiting for the server's answer", e))?;
-    if reply != OK {
-        let rest = read_line(&mut sock, &reply);
-        return Err(refusal_or_protocol(rest));
-    }
-
-    let mut progress = opts.progress.then(|| Progress::new(size));
-    // Which hash the server uses is only known from its `done` line, so both are kept.
-    let mut hashers = Algorithm::ALL.map(Hasher::new);
-    let mut buf = vec![0; CHUNK];
-    let mut sent = 0u64;
-    while sent < size {
-        let want = (size - sent).min(CHUNK as u64) as usize;
-        let n = file.read(&mut buf[..want]).map_err(SendError::File)?;
-        if n == 0 {
-            break; // the file shrank; the server will report the short transfer
+    // The server names its algorithm only at the end: a file can be read again to hash it
+    // another way, a stream cannot, so a stream is hashed both ways.
+    let mut hashers: Vec<Hasher> = if input.rereadable() {
+        vec![Hasher::new(Algorithm::Blake3)]
+    } else {
+        Algorithm::ALL.map(Hasher::new).to_vec()
+    };
+    let mut progress = opts.progress.then(|| Progress::new(input.size()));
+    let streamed = conn
+        .stream(&mut input, &mut hashers, &mut progress, opts.sendfile)
+        .and_then(|streamed| input.check_unchanged().map(|()| streamed));
+    let (sent, sendfile) = match streamed {
+        Ok(s) => (s.bytes, s.sendfile),
+        Err(e) => {
+            // A FIN now would let the server store what it has.
+            conn.abort();
+            return Err(e);
         }
-        for h in &mut hashers {
-            h.update(&buf[..n]);
-        }
-        if let Err(e) = sock.write_all(&buf[..n]) {
-            // The server may have said why it stopped reading (a full disk, a limit).
-            let said = read_line(&mut sock, b"");
-            if said.starts_with("error") {
-                return Err(refusal_or_protocol(said));
-            }
-            return Err(SendError::Io("sending the file", e));
-        }
-        sent += n as u64;
-        if let Some(p) = &mut progress {
-            p.update(sent);
-        }
-    }
-    if let Some(p) = &mut progress {
+    };
+    if let Some(p) = progress.take() {
         p.finish(sent);
     }
-    // Our FIN says "that is all"; the server answers with what it stored.
-    sock.shutdown(Shutdown::Write)
-        .map_err(|e| SendError::Io("finishing", e))?;
-    let line = read_line(&mut sock, b"");
-    let done = match Done::parse(&line) {
-        Ok(done) => done,
-        Err(_) => return Err(refusal_or_protocol(line)),
-    };
-    let sent_hash = hashers
-        .into_iter()
-        .find(|h| h.algorithm() == done.digest.algorithm)
-        .expect("a hasher for every algorithm")
-        .finalize();
-    if sent == size && done.confirms(sent, &sent_hash) {
-        Ok(Sent {
+    conn.finish()?;
+
+    let line = conn.read_final(if opts.seed {
+        "the receiver to close the connection"
+    } else {
+        "the server's confirmation"
+    })?;
+    let elapsed = started.elapsed();
+    if line.is_empty() && opts.seed {
+        // The seeds' receiver: `ok`, read to EOF, close. A clean close is all it can say.
+        return Ok(Sent {
             name,
             bytes: sent,
-            digest: sent_hash,
-            elapsed: started.elapsed(),
-        })
+            confirmed: None,
+            elapsed,
+            sendfile,
+        });
+    }
+    let done = match Done::parse(&line) {
+        Ok(done) => done,
+        Err(DoneError::NotDone) => return Err(conn.refusal(line, "waiting for 'done'")),
+        Err(e) => {
+            return Err(SendError::Protocol {
+                addr: conn.addr,
+                said: format!("{} ({e})", line.trim_end()),
+            });
+        }
+    };
+    let algorithm = done.digest.algorithm;
+    let digest = match hashers.into_iter().find(|h| h.algorithm() == algorithm) {
+        Some(h) => h.finalize(),
+        None => input.rehash(algorithm, &mut vec![0; wire::CHUNK])?,
+    };
+    if done.confirms(sent, &digest) {
+        return Ok(Sent {
+            name,
+            bytes: sent,
+            confirmed: Some(digest),
+            elapsed,
+            sendfile,
+        });
+    }
+    // A file modified after its pages were read and before they were sent explains a
+    // mismatch better than a mismatch does.
+    input.check_unchanged()?;
+    Err(SendError::Mismatch {
+        addr: conn.addr,
+        sent,
+        digest,
+        said: line.trim_end().to_string(),
+    })
+}
+
+/// The header for `name`: framed when the size is known, a newline-ended name when it is not,
+/// the bare name for `--seed`. Each is checked with the server's own parser, so that what we
+/// send is read back as what we mean.
+fn header(name: &str, size: Option<u64>, seed: bool) -> Result<Vec<u8>, SendError> {
+    let bad = |why: String| SendError::BadName {
+        name: name.to_string(),
+        why,
+    };
+    files::validate_name(name.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let header = match (seed, size) {
+        (true, _) => name.as_bytes().to_vec(),
+        (false, Some(size)) => format!("{size} {name}\n").into_bytes(),
+        (false, None) => format!("{name}\n").into_bytes(),
+    };
+    match (files::parse_header(&header), seed, size) {
+        (Header::Invalid(e), ..) => Err(bad(e.to_string())),
+        // The bare name has no newline: the receiver takes it after a silence.
+        (Header::Incomplete { .. }, true, _) => Ok(header),
+        (Header::Framed { .. }, false, Some(_)) | (Header::NameLine { .. }, false, None) => {
+            Ok(header)
+        }
+        (Header::Framed { .. }, false, None) => Err(bad(
+            "it starts with digits and a space, which the server would read as a size; \
+             standard input needs another name (or --seed)"
+                .into(),
+        )),
+        _ => Err(bad("the server would not read this header as sent".into())),
+    }
+}
+
+/// Is stderr a terminal (so a progress line makes sense)?
+pub fn stderr_is_terminal() -> bool {
+    io::stderr().is_terminal()
+}
+
+/// An I/O error's reason without Rust's " (os error N)" suffix: `Connection refused`.
+fn why(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) if s.ends_with(')') => s[..i].to_string(),
+        _ => s,
+    }
+}
+
+/// A duration as people write it: `30 s`, `0.5 s`.
+fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{s:.0} s")
     } else {
-        Err(SendError::Mismatch {
-            sent,
-            sent_hash,
-            stored: line.trim_end().to_string(),
-        })
+        format!("{s} s")
     }
-}
-
-/// Read one line (or what arrives before EOF, an error or the timeout), after `prefix`.
-fn read_line(sock: &mut TcpStream, prefix: &[u8]) -> String {
-    let mut line = prefix.to_vec();
-    let mut byte = [0; 1];
-    while !line.ends_with(b"\n") && line.len() < 4096 {
-        match sock.read(&mut byte) {
-            Ok(1) => line.push(byte[0]),
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&line).into_owned()
-}
-
-fn refusal_or_protocol(line: String) -> SendError {
-    let line = line.trim_end();
-    match line.strip_prefix("error") {
-        Some(reason) => SendError::Refused(reason.trim_start_matches([':', ' ']).to_string()),
-        None if line.is_empty() => {
-            SendError::Protocol("the connection closed without a reply".into())
-        }
-        None => SendError::Protocol(line.to_string()),
-    }
-}
-
-/// A one-line progress bar on stdout, redrawn at most ten times a second.
-struct Progress {
-    total: u64,
-    started: Instant,
-    last_draw: Option<Instant>,
-}
-
-impl Progress {
-    fn new(total: u64) -> Progress {
-        Progress {
-            total,
-            started: Instant::now(),
-            last_draw: None,
-        }
-    }
-
-    fn update(&mut self, done: u64) {
-        let now = Instant::now();
-        if self
-            .last_draw
-            .is_some_and(|t| now < t + Duration::from_millis(100))
-        {
-            return;
-        }
-        self.last_draw = Some(now);
-        self.draw(done);
-    }
-
-    fn finish(&mut self, done: u64) {
-        self.draw(done);
-        println!();
-    }
-
-    fn draw(&self, done: u64) {
-        const WIDTH: usize = 30;
-        let frac = if self.total == 0 {
-            1.0
-        } else {
-            done as f64 / self.total as f64
-        };
-        let filled = ((frac * WIDTH as f64) as usize).min(WIDTH);
-        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-        print!(
-            "\r[{}{}] {:3.0}% {} / {}  {}/s   ",
-            "#".repeat(filled),
-            "-".repeat(WIDTH - filled),
-            frac * 100.0,
-            human(done as f64),
-            human(self.total as f64),
-            human(rate)
-        );
-        let _ = io::stdout().flush();
-    }
-}
-
-/// Is stdout a terminal (so a progress bar makes sense)?
-pub fn stdout_is_terminal() -> bool {
-    io::stdout().is_terminal()
 }
 
 /// Bytes in binary units: `512 B`, `1.5 KiB`, `3.2 GiB`.
@@ -305,6 +410,10 @@ pub fn human(bytes: f64) -> String {
 mod tests {
     use super::*;
 
+    fn addr() -> SocketAddr {
+        "127.0.0.1:7002".parse().unwrap()
+    }
+
     #[test]
     fn test_human_sizes() {
         assert_eq!(human(0.0), "0 B");
@@ -313,19 +422,82 @@ mod tests {
         assert_eq!(human(3.0 * 1024.0 * 1024.0 * 1024.0), "3.0 GiB");
     }
 
+    // --- headers ---
+
     #[test]
-    fn test_server_errors_become_refusals() {
-        match refusal_or_protocol("error: file exists\n".into()) {
-            SendError::Refused(why) => assert_eq!(why, "file exists"),
-            other => panic!("{other:?}"),
+    fn test_each_form_gets_its_header() {
+        assert_eq!(header("a.txt", Some(5), false).unwrap(), b"5 a.txt\n");
+        assert_eq!(header("a.txt", None, false).unwrap(), b"a.txt\n");
+        assert_eq!(header("a.txt", Some(5), true).unwrap(), b"a.txt");
+        assert_eq!(header("a.txt", None, true).unwrap(), b"a.txt");
+        // A name the framed form carries fine, whatever it looks like.
+        assert_eq!(
+            header("2024 notes", Some(1), false).unwrap(),
+            b"1 2024 notes\n"
+        );
+    }
+
+    #[test]
+    fn test_stream_name_that_looks_like_a_size_is_refused() {
+        let err = header("2024 notes", None, false).unwrap_err();
+        assert!(err.to_string().contains("read as a size"), "{err}");
+        // Digits alone are a name (no space, no size).
+        assert_eq!(header("2024", None, false).unwrap(), b"2024\n");
+        // The seeds' form has no size to confuse it with.
+        assert!(header("2024 notes", None, true).is_ok());
+    }
+
+    #[test]
+    fn test_bad_names_are_refused_before_connecting() {
+        for seed in [false, true] {
+            for size in [Some(1), None] {
+                for name in ["", "..", "a/b", "esc\x1b[2J", "new\nline"] {
+                    assert!(
+                        matches!(header(name, size, seed), Err(SendError::BadName { .. })),
+                        "{name:?} seed={seed} size={size:?}"
+                    );
+                }
+            }
         }
-        assert!(matches!(
-            refusal_or_protocol(String::new()),
-            SendError::Protocol(_)
-        ));
-        assert!(matches!(
-            refusal_or_protocol("nonsense\n".into()),
-            SendError::Protocol(_)
-        ));
+    }
+
+    // --- messages ---
+
+    #[test]
+    fn test_messages_name_what_and_why() {
+        let refused = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        let e = SendError::Connect {
+            addr: addr(),
+            err: refused,
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot connect to 127.0.0.1:7002: Connection refused"
+        );
+        let e = SendError::Timeout {
+            addr: addr(),
+            after: Duration::from_secs(30),
+            waiting_for: "the server's confirmation",
+        };
+        assert_eq!(
+            e.to_string(),
+            "127.0.0.1:7002: timed out after 30 s waiting for the server's confirmation"
+        );
+        let e = SendError::Refused {
+            addr: addr(),
+            reason: "file exists".into(),
+        };
+        assert!(e.to_string().ends_with("with --name NAME"), "{e}");
+        let e = SendError::Refused {
+            addr: addr(),
+            reason: "file too large: the limit is 5 bytes".into(),
+        };
+        assert!(!e.to_string().contains("--name"), "{e}");
+    }
+
+    #[test]
+    fn test_seconds_print_plainly() {
+        assert_eq!(secs(Duration::from_secs(30)), "30 s");
+        assert_eq!(secs(Duration::from_millis(500)), "0.5 s");
     }
 }

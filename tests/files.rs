@@ -109,7 +109,7 @@ fn fifty_mib_file_arrives_identical() {
     let server = start_files(&dir, |_| {});
     let (ok, stdout, stderr) = resound_send(&file, server.addr(ServiceKind::Files), &[]);
     assert!(ok, "send failed: {stderr}");
-    assert!(stdout.contains("stored, blake3 "), "{stdout}");
+    assert!(stdout.contains("stored, confirmed by blake3 "), "{stdout}");
     assert_eq!(
         stdout.matches('\r').count(),
         0,
@@ -286,11 +286,13 @@ fn twenty_concurrent_transfers() {
             fs::write(&file, pattern(i * 1000, 200_000 + i * 7919)).unwrap();
             thread::spawn(move || {
                 resound::send::send(&resound::send::SendOptions {
-                    file: &file,
+                    source: resound::send::Source::Path(&file),
                     to,
                     name: None,
-                    timeout: TIMEOUT,
+                    timeout: Some(TIMEOUT),
                     progress: false,
+                    seed: false,
+                    sendfile: true,
                 })
                 .map(|sent| sent.bytes)
                 .map_err(|e| e.to_string())
@@ -355,7 +357,14 @@ fn existing_name_is_not_overwritten() {
         &[],
     );
     assert!(!ok);
-    assert!(stderr.contains("refused the file: file exists"), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "resound send: {} refused the file: file exists; send it under another name with \
+             --name NAME",
+            server.addr(ServiceKind::Files)
+        )),
+        "{stderr}"
+    );
     assert_eq!(fs::read(dir.0.join("keep.txt")).unwrap(), b"precious");
     // Under another name it goes through.
     let (ok, _, stderr) = resound_send(
