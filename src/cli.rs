@@ -27,12 +27,15 @@ pub use crate::units::{
     long_about = None,
     arg_required_else_help = true
 )]
+/// The whole command line.
 pub struct Cli {
     #[command(subcommand)]
+    /// What to do.
     pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
+/// The subcommands.
 pub enum Command {
     /// Run the servers (all of them on their default addresses if none is named).
     Serve(Box<ServeArgs>),
@@ -62,6 +65,7 @@ Exit status: 0 when the 'done' line matches what was sent (or, with --seed, the 
 cleanly); 1 on any failure (the message says what happened); 2 on a usage error.
 Progress (rate, ETA) is drawn on stderr when stderr is a terminal; the result line goes to
 stdout.")]
+/// `resound send`'s arguments.
 pub struct SendArgs {
     /// The file to send, or - for standard input (then --name is required).
     pub file: PathBuf,
@@ -140,6 +144,7 @@ owed either way is closed at once, the others finish what they were doing (at mo
 SIGUSR2 are logged and ignored. With --bridge, the drain also waits (within the same
 timeout) for Redis to confirm every batch published.
 Logging: RUST_LOG=debug shows every connection's phases, RUST_LOG=trace what echo returns.")]
+/// `resound serve`'s arguments.
 pub struct ServeArgs {
     /// TCP echo: every byte back, in order.
     #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]

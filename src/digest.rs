@@ -74,7 +74,9 @@ pub const DIGEST_LEN: usize = 32;
 /// A finished hash and the algorithm that made it. `Display` gives `blake3:<hex>`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Digest {
+    /// Which hash.
     pub algorithm: Algorithm,
+    /// The hash itself.
     pub bytes: [u8; DIGEST_LEN],
 }
 
@@ -107,11 +109,14 @@ impl fmt::Debug for Digest {
 // large variant would only add an allocation.
 #[allow(clippy::large_enum_variant)]
 pub enum Hasher {
+    /// BLAKE3 (SIMD).
     Blake3(blake3::Hasher),
+    /// SHA-256 (with the CPU's SHA extensions where it has them).
     Sha256(sha2::Sha256),
 }
 
 impl Hasher {
+    /// A fresh hasher for `algorithm`.
     pub fn new(algorithm: Algorithm) -> Hasher {
         match algorithm {
             Algorithm::Blake3 => Hasher::Blake3(blake3::Hasher::new()),
@@ -119,6 +124,7 @@ impl Hasher {
         }
     }
 
+    /// Which hash this is.
     pub fn algorithm(&self) -> Algorithm {
         match self {
             Hasher::Blake3(_) => Algorithm::Blake3,
@@ -126,6 +132,7 @@ impl Hasher {
         }
     }
 
+    /// Feed the next bytes.
     pub fn update(&mut self, data: &[u8]) {
         match self {
             // BLAKE3 hashes 1 KiB chunks side by side in vector registers (16 at once with
@@ -138,6 +145,7 @@ impl Hasher {
         }
     }
 
+    /// The hash of everything fed.
     pub fn finalize(self) -> Digest {
         let algorithm = self.algorithm();
         let bytes: [u8; DIGEST_LEN] = match self {
@@ -158,7 +166,9 @@ pub fn hash(algorithm: Algorithm, data: &[u8]) -> Digest {
 /// The server's final line: the file is stored, this many bytes, with this hash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Done {
+    /// The byte count the server stored.
     pub bytes: u64,
+    /// The hash of what it stored.
     pub digest: Digest,
 }
 

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! resound: TCP echo, TCP broadcast, file transfer and UDP echo on one single-threaded mio event
 //! loop, written to be read.
 //!

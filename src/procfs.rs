@@ -48,6 +48,7 @@ pub struct ProcSample {
     pub user_s: f64,
     /// Resident memory now, and its peak ("high water mark"), in KiB.
     pub rss_kib: u64,
+    /// The peak of `rss_kib`, in KiB.
     pub hwm_kib: u64,
 }
 

@@ -56,7 +56,9 @@ use wire::Conn;
 /// What `resound send` needs.
 #[derive(Clone, Copy, Debug)]
 pub struct SendOptions<'a> {
+    /// What to send: a file, or standard input.
     pub source: Source<'a>,
+    /// The files service's address.
     pub to: SocketAddr,
     /// Store under this name instead of the file's own (required for standard input).
     pub name: Option<&'a str>,
@@ -74,11 +76,14 @@ pub struct SendOptions<'a> {
 /// A finished transfer.
 #[derive(Debug)]
 pub struct Sent {
+    /// The name the file was stored under.
     pub name: String,
+    /// Bytes sent.
     pub bytes: u64,
     /// The hash the server confirmed the transfer with; None when the receiver (a seed
     /// receiver, `--seed`) closed without confirming anything.
     pub confirmed: Option<Digest>,
+    /// From the connect to the confirmation.
     pub elapsed: Duration,
     /// The content went out with `sendfile(2)` (false: copied through a buffer).
     pub sendfile: bool,
@@ -110,60 +115,87 @@ impl fmt::Display for Sent {
 pub enum SendError {
     /// The file (or standard input) cannot be opened or read.
     Input {
+        /// What was being read (a path, or standard input).
         what: String,
+        /// Why it failed.
         err: io::Error,
     },
     /// A path that is not a regular file.
     NotRegular {
+        /// The path given.
         path: String,
+        /// What it is instead (a FIFO, a directory, ...).
         kind: &'static str,
     },
     /// The file changed while it was being sent.
     Changed {
+        /// The file.
         path: String,
+        /// What changed (its size, its modification time).
         how: String,
     },
     /// The name cannot be sent (the reason says why).
     BadName {
+        /// The name.
         name: String,
+        /// Why it cannot be sent.
         why: String,
     },
+    /// The connection could not be made.
     Connect {
+        /// The address tried.
         addr: SocketAddr,
+        /// Why it failed.
         err: io::Error,
     },
     /// Nothing happened for `after`.
     Timeout {
+        /// The server's address.
         addr: SocketAddr,
+        /// How long nothing happened.
         after: Duration,
+        /// What was awaited.
         waiting_for: &'static str,
     },
     /// The server answered `error: <reason>`.
     Refused {
+        /// The server's address.
         addr: SocketAddr,
+        /// What the server said after `error: `.
         reason: String,
     },
     /// The connection failed (reset, broken pipe).
     Broken {
+        /// The server's address.
         addr: SocketAddr,
+        /// What was under way.
         during: &'static str,
+        /// The error.
         err: io::Error,
     },
     /// The server closed the connection without a word.
     Closed {
+        /// The server's address.
         addr: SocketAddr,
+        /// What was under way.
         during: String,
     },
     /// The server's reply was not part of the protocol.
     Protocol {
+        /// The server's address.
         addr: SocketAddr,
+        /// What it said.
         said: String,
     },
     /// The server stored something other than what was sent.
     Mismatch {
+        /// The server's address.
         addr: SocketAddr,
+        /// Bytes sent.
         sent: u64,
+        /// The hash of what was sent.
         digest: Digest,
+        /// The server's `done` line.
         said: String,
     },
 }

@@ -77,9 +77,13 @@ pub const OK: &[u8] = b"ok";
 /// Why a name is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NameError {
+    /// Nothing at all.
     Empty,
+    /// `.` or `..`.
     Dots,
+    /// A `/` or a backslash: not a base name.
     Separator,
+    /// A NUL byte, which would cut the name short in C.
     Nul,
     /// C0 controls, DEL, C1 controls: escape sequences for someone's terminal.
     Control,
@@ -87,7 +91,9 @@ pub enum NameError {
     Bidi,
     /// Nothing but whitespace (or invisible characters): a name no one can see or type.
     Blank,
+    /// More than 255 bytes.
     TooLong,
+    /// Not UTF-8.
     NotUtf8,
     /// `.resound-*`: the server's own names (its temporaries, the old partial directory).
     Reserved,
@@ -170,6 +176,7 @@ fn is_blank(c: char) -> bool {
 /// Why a header is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeaderError {
+    /// The name is refused.
     Name(NameError),
     /// The size is not a decimal number that fits in 64 bits.
     BadSize,
@@ -192,20 +199,27 @@ impl fmt::Display for HeaderError {
 pub enum Header<'a> {
     /// No newline yet. `maybe_framed`: these bytes could still become a framed header.
     Incomplete {
+        /// These bytes could still become a framed header.
         maybe_framed: bool,
     },
     /// A complete framed header; it took the first `len` bytes (newline included).
     Framed {
+        /// The declared size.
         size: u64,
+        /// The file's name.
         name: &'a str,
+        /// Bytes the header took, newline included.
         len: usize,
     },
     /// A seed-form name ended by a newline (`NAME\n`, no size): the content runs until EOF.
     /// It took the first `len` bytes (newline included).
     NameLine {
+        /// The file's name.
         name: &'a str,
+        /// Bytes the line took, newline included.
         len: usize,
     },
+    /// Refused.
     Invalid(HeaderError),
 }
 
@@ -285,13 +299,17 @@ pub struct Limits {
 /// What the loop must do after an input.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// Nothing to do yet.
     Continue,
     /// Send these bytes (the "ok").
     Reply(&'static [u8]),
     /// The file is stored: send `line` (`done <BYTES> <ALG>:<HEX>\n`).
     Done {
+        /// The `done` line.
         line: String,
+        /// The name stored.
         name: String,
+        /// The bytes stored.
         bytes: u64,
     },
     /// Send `error: <reason>\n` and close through FIN-WAIT. Nothing is stored.
@@ -330,6 +348,7 @@ struct Receiving {
 }
 
 impl Transfer {
+    /// A connection that just arrived: waiting for its header.
     pub fn new(now: Instant) -> Transfer {
         Transfer {
             stage: Stage::Header(Vec::new()),
