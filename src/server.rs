@@ -146,8 +146,10 @@ struct Client {
     queued: bool,
     /// The time of this connection's entry in the timer queue that counts (see `timer.rs`).
     timer_at: Option<Instant>,
-    /// What this client pinned when the budget last heard of it (see `budget.rs`).
-    pinned: usize,
+    /// What this client pinned when the budget last heard of it (see `budget.rs`). Four bytes,
+    /// not eight: an idle connection's size is what ten thousand of them cost, and one client
+    /// pinning over 4 GiB is simply counted as 4 GiB.
+    pinned: u32,
     /// Turned away at `--max-conns`, and being closed in order.
     refused: bool,
 }
@@ -639,9 +641,10 @@ impl Core {
         let client = &mut self.clients[key];
         client.tcp.core.settle(now, &self.timeouts);
         client.tcp.carry_out(&self.registry, token(key));
-        let pinned = client.tcp.core.pinned() + client.session.buffered();
+        let pinned =
+            u32::try_from(client.tcp.core.pinned() + client.session.buffered()).unwrap_or(u32::MAX);
         if pinned != client.pinned {
-            self.budget.account(client.pinned, pinned);
+            self.budget.account(client.pinned as usize, pinned as usize);
             client.pinned = pinned;
         }
         if client.tcp.core.phase() == Phase::Closed {
@@ -801,7 +804,7 @@ impl Core {
             {
                 let client = self.clients.remove(key);
                 self.room.leave(key);
-                self.budget.account(client.pinned, 0);
+                self.budget.account(client.pinned as usize, 0);
                 let core = &client.tcp.core;
                 let stats = &mut self.shared.stats;
                 if client.refused {
