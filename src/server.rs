@@ -1037,7 +1037,8 @@ impl Mailbox for Client {
 
     fn evict(&mut self, why: Eviction) {
         let core = &mut self.tcp.core;
-        warn!("conn {} {} evicted: {why}", core.id(), core.peer());
+        // The same shape as the budget's eviction line: `evicted PEER: why (conn N)`.
+        warn!("evicted {}: {why} (conn {})", core.peer(), core.id());
         core.abort(AbortReason::Evicted(why.reason()));
     }
 

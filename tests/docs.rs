@@ -376,19 +376,23 @@ fn every_documented_command_parses() {
     }
 }
 
-/// Every long flag of `serve`, `send` and `bench` (as `--help` lists them) appears in a table
-/// row of README.md — the flag tables a reader looks things up in.
+/// Every long flag of `serve` and `send` (as `--help` lists them) appears in a table row of
+/// README.md, and every long flag of `bench` in a table row of docs/bench.md — the flag tables a
+/// reader looks things up in.
 #[test]
-#[ignore = "README rewrite pending (issue 13)"]
-fn every_long_flag_is_in_a_readme_table() {
-    let readme = fs::read_to_string(root().join("README.md")).unwrap();
-    let rows: Vec<&str> = readme
-        .lines()
-        .filter(|l| l.trim_start().starts_with('|'))
-        .collect();
+fn every_long_flag_is_in_a_flag_table() {
     let mut missing = Vec::new();
     let cli = Cli::command();
-    for sub in ["serve", "send", "bench"] {
+    for (sub, doc) in [
+        ("serve", "README.md"),
+        ("send", "README.md"),
+        ("bench", "docs/bench.md"),
+    ] {
+        let text = fs::read_to_string(root().join(doc)).unwrap();
+        let rows: Vec<&str> = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with('|'))
+            .collect();
         let command = cli.find_subcommand(sub).expect("subcommand");
         for arg in command.get_arguments() {
             let Some(long) = arg.get_long() else { continue };
@@ -399,17 +403,17 @@ fn every_long_flag_is_in_a_readme_table() {
             if rows.iter().any(|row| mentions(row, &flag)) {
                 continue;
             }
-            let elsewhere: Vec<String> = readme
+            let elsewhere: Vec<String> = text
                 .lines()
                 .enumerate()
                 .filter(|(_, l)| mentions(l, &flag))
-                .map(|(n, _)| format!("README.md:{}", n + 1))
+                .map(|(n, _)| format!("{doc}:{}", n + 1))
                 .collect();
             missing.push(if elsewhere.is_empty() {
-                format!("{sub} {flag}: nowhere in README.md")
+                format!("{sub} {flag}: nowhere in {doc}")
             } else {
                 format!(
-                    "{sub} {flag}: in no table row (mentioned at {})",
+                    "{sub} {flag}: in no table row of {doc} (mentioned at {})",
                     elsewhere.join(", ")
                 )
             });
@@ -417,7 +421,7 @@ fn every_long_flag_is_in_a_readme_table() {
     }
     assert!(
         missing.is_empty(),
-        "{} flag(s) missing from README.md's flag tables:\n  {}",
+        "{} flag(s) missing from the flag tables:\n  {}",
         missing.len(),
         missing.join("\n  ")
     );
@@ -487,4 +491,14 @@ listening files tcp 0.0.0.0:40000
     assert!(mentions("| `--max-line BYTES` |", "--max-line"));
     assert!(!mentions("| `--max-line BYTES` |", "--max"));
     assert!(!mentions("--no-max-line", "--max-line"));
+}
+
+/// The README stays a tour (issue 13: at most 20 KB); tables and method live in docs/.
+#[test]
+fn readme_stays_a_tour() {
+    let len = fs::read(root().join("README.md")).unwrap().len();
+    assert!(
+        len <= 20_000,
+        "README.md is {len} bytes: move detail to docs/"
+    );
 }
