@@ -97,7 +97,8 @@ pub(crate) mod timer;
 pub(crate) mod udp;
 
 pub use config::Config;
-pub use server::{Bound, Server};
+pub use listener::Bound;
+pub use server::Server;
 pub use service::ServiceKind;
 pub use shutdown::Handle;
 pub use stats::Stats;

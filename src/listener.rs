@@ -1,6 +1,7 @@
 //! Binding sockets (the seeds' `net.Listen` and `net.ListenUDP`) and accepting connections
 //! (`Accept`), including what to do when the process runs out of file descriptors.
 
+use std::fmt;
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -11,7 +12,9 @@ use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 
+use crate::config::Config;
 use crate::service::ServiceKind;
+use crate::udp::UdpEcho;
 
 /// The accept backlog asked of the kernel (it caps it at `net.core.somaxconn`). mio and std use
 /// 1024 and 128; a connect flood fills those long before a busy loop comes back to accept.
@@ -380,6 +383,109 @@ impl Accepting {
     /// kernel.
     pub fn close_all(&mut self) {
         self.listeners.clear();
+    }
+}
+
+/// A socket the server is serving on: what `listening <service> <proto> <addr>` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bound {
+    /// The service behind it.
+    pub service: ServiceKind,
+    /// The address it is bound to (port 0 resolved).
+    pub addr: SocketAddr,
+}
+
+impl fmt::Display for Bound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "listening {} {} {}",
+            self.service,
+            self.service.proto(),
+            self.addr
+        )
+    }
+}
+
+/// The poll tokens of the fixed sockets (the loop owns the token layout; see `server.rs`).
+pub struct Tokens {
+    /// The echo listener.
+    pub echo: Token,
+    /// The broadcast listener.
+    pub broadcast: Token,
+    /// The files listener.
+    pub files: Token,
+    /// The UDP socket.
+    pub udp: Token,
+}
+
+/// Bind and register every socket `config` names: the TCP listeners (as an [`Accepting`]), the
+/// UDP socket, and what was bound where (port 0 resolved). Errors name the socket.
+pub fn bind_all(
+    config: &Config,
+    registry: &Registry,
+    tokens: Tokens,
+) -> io::Result<(Accepting, Option<UdpEcho>, Vec<Bound>)> {
+    let mut bound = Vec::new();
+    let accepting = bind_listeners(config, registry, &tokens, &mut bound)?;
+    let udp = bind_udp_echo(config, registry, tokens.udp, &mut bound)?;
+    Ok((accepting, udp, bound))
+}
+
+/// Bind the TCP listeners the config names.
+fn bind_listeners(
+    config: &Config,
+    registry: &Registry,
+    tokens: &Tokens,
+    bound: &mut Vec<Bound>,
+) -> io::Result<Accepting> {
+    let mut accepting = Accepting::default();
+    let tcp_services = [
+        (ServiceKind::Echo, config.echo, tokens.echo),
+        (ServiceKind::Broadcast, config.broadcast, tokens.broadcast),
+        (ServiceKind::Files, config.files, tokens.files),
+    ];
+    for (service, addr, token) in tcp_services {
+        let Some(addr) = addr else { continue };
+        let tcp = bind_tcp(addr, config.keepalive, config.reuseport)
+            .map_err(bind_error(service, addr))?;
+        bound.push(Bound {
+            service,
+            addr: tcp.local_addr()?,
+        });
+        accepting.add(service, tcp, registry, token)?;
+    }
+    Ok(accepting)
+}
+
+/// Bind the UDP socket, if the config names one.
+fn bind_udp_echo(
+    config: &Config,
+    registry: &Registry,
+    token: Token,
+    bound: &mut Vec<Bound>,
+) -> io::Result<Option<UdpEcho>> {
+    let Some(addr) = config.udp else {
+        return Ok(None);
+    };
+    let service = ServiceKind::Udp;
+    let socket = bind_udp(addr, config.reuseport).map_err(bind_error(service, addr))?;
+    bound.push(Bound {
+        service,
+        addr: socket.local_addr()?,
+    });
+    let mut udp = UdpEcho::new(socket);
+    registry.register(udp.socket_mut(), token, Interest::READABLE)?;
+    Ok(Some(udp))
+}
+
+/// `cannot bind echo tcp 127.0.0.1:7000: Address in use`.
+fn bind_error(service: ServiceKind, addr: SocketAddr) -> impl Fn(io::Error) -> io::Error {
+    move |e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot bind {service} {} {addr}: {e}", service.proto()),
+        )
     }
 }
 

@@ -43,9 +43,7 @@
 //! | 11, 12 | the bridge's subscriber and publisher connections to Redis (`--bridge`) |
 //! | 16 + K | the client connection in slab slot K |
 
-use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -57,7 +55,7 @@ use crate::budget::{self, Budget};
 use crate::config::Config;
 use crate::connection::{Connection, Input, Timeouts};
 use crate::lifecycle::{AbortReason, CloseReason, Phase};
-use crate::listener::{self, Accepting, NewClient};
+use crate::listener::{self, Accepting, Bound, NewClient};
 use crate::room::{Eviction, Mailbox, Origin, OutputLimits, Room};
 use crate::service::{Action, Actions, Cx, OnStop, Service, ServiceKind, Session, Shared};
 use crate::shutdown::{Drain, Handle, Stop, StopStep};
@@ -106,27 +104,6 @@ pub const BULK_BUDGET: usize = 1024 * 1024;
 /// write that echoes them (or the file write that stores them), so an idle connection owns no
 /// buffer at all.
 const SCRATCH: usize = BULK_BUDGET;
-
-/// A socket the server is serving on: what `listening <service> <proto> <addr>` prints.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Bound {
-    /// The service behind it.
-    pub service: ServiceKind,
-    /// The address it is bound to (port 0 resolved).
-    pub addr: SocketAddr,
-}
-
-impl fmt::Display for Bound {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "listening {} {} {}",
-            self.service,
-            self.service.proto(),
-            self.addr
-        )
-    }
-}
 
 /// A bound, not yet running server. `bind`, read [`Server::bound`] and [`Server::handle`], then
 /// [`Server::run`] until it is stopped.
@@ -198,9 +175,13 @@ impl Server {
         let handle = Handle::new(Waker::new(&registry, WAKER)?);
         let stop = Stop::new(handle, &registry, config.handle_signals.then_some(SIGNALS))?;
 
-        let mut bound = Vec::new();
-        let accepting = bind_listeners(&config, &registry, &mut bound)?;
-        let udp = bind_udp(&config, &registry, &mut bound)?;
+        let tokens = listener::Tokens {
+            echo: ECHO_LISTENER,
+            broadcast: BROADCAST_LISTENER,
+            files: FILES_LISTENER,
+            udp: UDP_SOCKET,
+        };
+        let (accepting, udp, bound) = listener::bind_all(&config, &registry, tokens)?;
         if bound.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -218,17 +199,7 @@ impl Server {
         };
 
         // The operator's view, as Redis gives it at start-up: what runs, and within what.
-        let services: Vec<String> = bound
-            .iter()
-            .map(|b| format!("{} {} {}", b.service, b.service.proto(), b.addr))
-            .collect();
-        info!(
-            "resound {} (pid {}) serving {}; {}",
-            env!("CARGO_PKG_VERSION"),
-            std::process::id(),
-            services.join(", "),
-            config.limits_summary()
-        );
+        info!("{}", crate::stats::startup_line(&config, &bound));
         for warning in warnings {
             warn!("{warning}");
         }
@@ -330,61 +301,6 @@ impl Server {
                 return Ok(core.finish());
             }
         }
-    }
-}
-
-/// Bind the TCP listeners the config names.
-fn bind_listeners(
-    config: &Config,
-    registry: &Registry,
-    bound: &mut Vec<Bound>,
-) -> io::Result<Accepting> {
-    let mut accepting = Accepting::default();
-    let tcp_services = [
-        (ServiceKind::Echo, config.echo, ECHO_LISTENER),
-        (ServiceKind::Broadcast, config.broadcast, BROADCAST_LISTENER),
-        (ServiceKind::Files, config.files, FILES_LISTENER),
-    ];
-    for (service, addr, token) in tcp_services {
-        let Some(addr) = addr else { continue };
-        let tcp = listener::bind_tcp(addr, config.keepalive, config.reuseport)
-            .map_err(bind_error(service, addr))?;
-        bound.push(Bound {
-            service,
-            addr: tcp.local_addr()?,
-        });
-        accepting.add(service, tcp, registry, token)?;
-    }
-    Ok(accepting)
-}
-
-/// Bind the UDP socket, if the config names one.
-fn bind_udp(
-    config: &Config,
-    registry: &Registry,
-    bound: &mut Vec<Bound>,
-) -> io::Result<Option<UdpEcho>> {
-    let Some(addr) = config.udp else {
-        return Ok(None);
-    };
-    let service = ServiceKind::Udp;
-    let socket = listener::bind_udp(addr, config.reuseport).map_err(bind_error(service, addr))?;
-    bound.push(Bound {
-        service,
-        addr: socket.local_addr()?,
-    });
-    let mut udp = UdpEcho::new(socket);
-    registry.register(udp.socket_mut(), UDP_SOCKET, mio::Interest::READABLE)?;
-    Ok(Some(udp))
-}
-
-/// `cannot bind echo tcp 127.0.0.1:7000: Address in use`.
-fn bind_error(service: ServiceKind, addr: SocketAddr) -> impl Fn(io::Error) -> io::Error {
-    move |e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot bind {service} {} {addr}: {e}", service.proto()),
-        )
     }
 }
 

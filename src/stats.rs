@@ -95,6 +95,21 @@ impl fmt::Display for Snapshot {
     }
 }
 
+/// The start-up line, Redis style: the version, the services and where, the effective limits.
+pub fn startup_line(config: &crate::Config, bound: &[crate::Bound]) -> String {
+    let services: Vec<String> = bound
+        .iter()
+        .map(|b| format!("{} {} {}", b.service, b.service.proto(), b.addr))
+        .collect();
+    format!(
+        "resound {} (pid {}) serving {}; {}",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        services.join(", "),
+        config.limits_summary()
+    )
+}
+
 /// Per-second rates between two snapshots: what the periodic stats line adds.
 pub struct Rates {
     /// Connections accepted per second.
