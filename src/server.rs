@@ -8,10 +8,12 @@
 //!    sleep while the run queue holds work ([`Core::poll_timeout`]);
 //! 2. **note** what each event says — a hint: the next read or write finds out the truth — and
 //!    put the connection on the run queue ([`Core::note`]);
-//! 3. **take in** stop requests, new clients (at most [`ACCEPTS_PER_TURN`](listener::ACCEPTS_PER_TURN) per listener) and
-//!    UDP datagrams ([`Core::take_in`]);
+//! 3. **take in** stop requests, new clients (at most
+//!    [`ACCEPTS_PER_TURN`](listener::ACCEPTS_PER_TURN) per listener) and UDP datagrams
+//!    ([`Core::take_in`]);
 //! 4. **visit** every connection on the run queue once: flush, read, hand the bytes to its
-//!    service and carry out what the service asks, each bounded by [`IO_BUDGET`]
+//!    service and carry out what the service asks, within a budget — [`BULK_BUDGET`] shared
+//!    by the connections ready this turn, at least [`IO_BUDGET`] each
 //!    ([`Core::visit_ready`]). A connection with work left goes back on the queue for the
 //!    next turn — edge-triggered readiness will not remind us. Lines a broadcast member sent
 //!    are fanned out to the room as soon as its visit ends;
