@@ -15,15 +15,12 @@
 //! ```
 //!
 //! What changes: nothing blocks. One `Poll` sleeps until the kernel says a socket is ready, then
-//! the loop does what it can without waiting. What the goroutine kept on its stack (the bytes its
-//! blocked `Write` holds, whether it saw EOF) is kept in a `Conn` between events, and each change
-//! of phase is printed with the names `ss -tan` uses: ESTABLISHED, CLOSE-WAIT, CLOSED.
-//!
-//! ```text
-//! cargo run --example 01_echo -- 7000  # PORT or :PORT = 0.0.0.0:PORT; IP:PORT; none = 127.0.0.1:0
-//! echo hi | nc -N 127.0.0.1 7000       # another terminal; -N sends the FIN at the end of input
-//! ```
+//! the loop does what it can without waiting. Each change of phase is printed as `ss -tan` names
+//! it: ESTABLISHED, CLOSE-WAIT, CLOSED. Run it with `cargo run --example 01_echo -- 7000` (PORT
+//! or :PORT = 0.0.0.0:PORT; IP:PORT; none = 127.0.0.1:0) and, in another terminal,
+//! `echo hi | nc -N 127.0.0.1 7000` (-N sends the FIN at the end of input).
 
+use std::io::ErrorKind::{ConnectionAborted, Interrupted, WouldBlock, WriteZero};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
@@ -31,45 +28,32 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-/// The listener's token. A connection's token is its slab key, which never gets this high.
-const LISTENER: Token = Token(usize::MAX);
-/// A client is registered for both, once. mio's readiness is edge-triggered: an event says
-/// "this changed", once. So WRITABLE costs no wake-up while we write freely: on its own it comes
-/// only when a send buffer that refused us (WouldBlock) has room again, when something is owed.
-/// (Level-triggered, as `poll(2)` is, it would fire on every wait while there is room: a spin.)
+const LISTENER: Token = Token(usize::MAX); // a connection's token is its slab key: never this high
+/// Each client is registered once, for both. Readiness is edge-triggered (an event says "this
+/// changed", once), so WRITABLE wakes us only when a send buffer that refused us has room again
+/// (level-triggered, as `poll(2)` is, it would fire on every wait while there is room: a spin).
 const READ_WRITE: Interest = Interest::READABLE.add(Interest::WRITABLE);
-
-/// Echo owed to one client before we stop reading it. Go has this bound for free (a goroutine
-/// stuck in `Write` does not `Read`); here nothing is stuck, so we stop on purpose, or a client
-/// that sends without reading would grow our memory without end.
+/// Echo owed to a client before we stop reading it, as a goroutine stuck in `Write` does.
 const MAX_OWED: usize = 256 * 1024;
 
-/// What the goroutine kept on its stack, kept between events instead.
+/// What the goroutine kept on its stack: the echo its blocked `Write` holds (`owed`), and whether
+/// it saw the FIN (`fin`: CLOSE-WAIT, nothing more to read, maybe echo still to send).
 struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
-    /// Echo the socket has not taken yet: what a blocked `c.Write` holds in Go.
     owed: Vec<u8>,
-    /// `read` returned 0: the peer's FIN came, after all its data. We are in CLOSE-WAIT: nothing
-    /// more to read, but maybe echo still to send. (src/lifecycle.rs has every phase.)
     fin: bool,
 }
 
-impl Conn {
-    fn phase(&self) -> &'static str {
-        if self.fin {
-            "CLOSE-WAIT"
-        } else {
-            "ESTABLISHED"
-        }
-    }
-}
-
 fn main() -> io::Result<()> {
-    let addr = listen_addr(std::env::args().nth(1)).unwrap_or_else(|e| {
-        eprintln!("01_echo: {e}");
+    // `PORT` or `:PORT` is every IPv4 interface, as in Go's `net.Listen("tcp", ":PORT")`.
+    let arg = std::env::args().nth(1).unwrap_or("127.0.0.1:0".into());
+    let port = arg.strip_prefix(':').unwrap_or(&arg).parse::<u16>().ok();
+    let any_interface = port.map(|port| SocketAddr::from(([0, 0, 0, 0], port)));
+    let Some(addr) = any_interface.or_else(|| arg.parse().ok()) else {
+        eprintln!("01_echo: {arg:?}: not PORT, :PORT or IP:PORT");
         std::process::exit(2)
-    });
+    };
     let mut poll = Poll::new()?;
     let mut listener = TcpListener::bind(addr)?; // bind + listen, non-blocking
     poll.registry()
@@ -82,123 +66,90 @@ fn main() -> io::Result<()> {
     loop {
         // The only place this thread waits. A signal may interrupt it: wait again.
         match poll.poll(&mut events, None) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == Interrupted => continue,
             result => result?,
         }
         for event in events.iter() {
+            let key = event.token().0;
             if event.token() == LISTENER {
                 accept_all(&listener, &poll, &mut conns);
-                continue;
+            } else if let Some(c) = conns.get_mut(key) {
+                // The event is a hint, not a promise: serve() tries; the syscalls tell the truth.
+                let why = match serve(c, key, &mut buf) {
+                    Ok(false) => continue, // waiting for the kernel: a new edge brings us back
+                    Ok(true) => "all echo sent; close() sends our FIN".to_string(),
+                    Err(e) => format!("error: {e}"), // a reset, say
+                };
+                let phase = if c.fin { "CLOSE-WAIT" } else { "ESTABLISHED" };
+                println!("conn {key} {} {phase} -> CLOSED ({why})", c.peer);
+                conns.remove(key); // drop = close(), which also takes it out of the poll
             }
-            let key = event.token().0;
-            let Some(conn) = conns.get_mut(key) else {
-                continue; // already closed
-            };
-            // The event is a hint, not a promise: serve() tries, and the syscalls tell the truth.
-            let why = match serve(conn, key, &mut buf) {
-                Ok(false) => continue, // waiting for the kernel: a new edge will bring us back
-                Ok(true) => "all echo sent; close() sends our FIN".to_string(),
-                Err(e) => format!("error: {e}"), // a reset, say
-            };
-            let (peer, phase) = (conn.peer, conn.phase());
-            println!("conn {key} {peer} {phase} -> CLOSED ({why})");
-            conns.remove(key); // drop = close(), which also takes it out of the poll
         }
     }
 }
 
-/// Accept every waiting client. Readiness is edge-triggered: one event may stand for several
-/// clients and is not repeated, so we go on until `WouldBlock`.
+/// Accept every waiting client: one edge may stand for several, and is not repeated.
 fn accept_all(listener: &TcpListener, poll: &Poll, conns: &mut Slab<Conn>) {
     loop {
-        match listener.accept() {
-            Ok((mut stream, peer)) => {
-                let key = conns.vacant_key();
-                if let Err(e) = poll
-                    .registry()
-                    .register(&mut stream, Token(key), READ_WRITE)
-                {
-                    eprintln!("register {peer}: {e}"); // dropping `stream` closes it
-                    continue;
-                }
-                println!("conn {key} {peer} LISTEN -> ESTABLISHED");
-                let (owed, fin) = (Vec::new(), false);
-                conns.insert(Conn {
-                    stream,
-                    peer,
-                    owed,
-                    fin,
-                });
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+        let (mut stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(e) if e.kind() == WouldBlock => return,
             // A signal, or a client that gave up while in the backlog: take the next one.
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-            // Out of descriptors (EMFILE) and the like: the client waits in the backlog until
-            // another one arrives and makes a new edge.
-            Err(e) => return eprintln!("accept: {e}"),
+            Err(e) if matches!(e.kind(), Interrupted | ConnectionAborted) => continue,
+            Err(e) => return eprintln!("accept: {e}"), // EMFILE: it waits for the next edge
+        };
+        let token = Token(conns.vacant_key());
+        if let Err(e) = poll.registry().register(&mut stream, token, READ_WRITE) {
+            eprintln!("register {peer}: {e}"); // dropping `stream` closes it
+            continue;
         }
+        println!("conn {} {peer} LISTEN -> ESTABLISHED", token.0);
+        conns.insert(Conn {
+            stream,
+            peer,
+            owed: Vec::new(),
+            fin: false,
+        });
     }
 }
 
 /// Do all this connection can do now. Returns true when it is finished.
-fn serve(conn: &mut Conn, key: usize, buf: &mut [u8]) -> io::Result<bool> {
+fn serve(c: &mut Conn, key: usize, buf: &mut [u8]) -> io::Result<bool> {
     loop {
-        let n = write_some(&mut conn.stream, &conn.owed)?; // pay what we owe first: in order
-        conn.owed.drain(..n);
-        if conn.fin {
-            return Ok(conn.owed.is_empty()); // else wait for the WRITABLE edge
-        }
-        let room = buf.len().min(MAX_OWED - conn.owed.len());
-        if room == 0 {
-            return Ok(false); // backpressure: not another byte in until the client reads
-        }
-        match conn.stream.read(&mut buf[..room]) {
-            Ok(0) => {
-                let (peer, owed) = (conn.peer, conn.owed.len());
-                println!("conn {key} {peer} ESTABLISHED -> CLOSE-WAIT (peer FIN; {owed} B owed)");
-                conn.fin = true;
+        // Pay what we owe first, in order. What the socket refuses (WouldBlock) stays owed.
+        while !c.owed.is_empty() {
+            match c.stream.write(&c.owed) {
+                Ok(0) => return Err(WriteZero.into()), // retrying would spin
+                Ok(n) => _ = c.owed.drain(..n),
+                Err(e) if e.kind() == WouldBlock => break,
+                Err(e) if e.kind() == Interrupted => continue,
+                Err(e) => return Err(e),
             }
-            Ok(n) => conn.owed.extend_from_slice(&buf[..n]), // written at the loop's top
+        }
+        // No reading after the FIN, nor while we owe MAX_OWED (backpressure, or a client that
+        // never reads would grow our memory without end). Done once the FIN came and all is paid.
+        if c.fin || c.owed.len() >= MAX_OWED {
+            return Ok(c.owed.is_empty()); // else the WRITABLE edge brings us back
+        }
+        match c.stream.read(buf) {
+            Ok(0) => {
+                let (peer, owed) = (c.peer, c.owed.len());
+                println!("conn {key} {peer} ESTABLISHED -> CLOSE-WAIT (peer FIN; {owed} B owed)");
+                c.fin = true;
+            }
+            Ok(n) => c.owed.extend_from_slice(&buf[..n]), // written at the loop's top
             // Drained, so the next arrival is a new edge. Stopping before WouldBlock would
             // hang this client: no event ever comes for bytes that are already waiting.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == WouldBlock => return Ok(false),
+            Err(e) if e.kind() == Interrupted => continue,
             Err(e) => return Err(e),
         }
-    }
-}
-
-/// Write as much of `bytes` as the socket takes now; returns how much that was.
-fn write_some(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    let mut done = 0;
-    while done < bytes.len() {
-        match stream.write(&bytes[done..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()), // retrying would spin
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break, // full: WRITABLE will say
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
-}
-
-/// `PORT` or `:PORT` is every IPv4 interface, as in Go's `net.Listen("tcp", ":PORT")`.
-fn listen_addr(arg: Option<String>) -> Result<SocketAddr, String> {
-    let arg = arg.unwrap_or_else(|| "127.0.0.1:0".into());
-    match arg.strip_prefix(':').unwrap_or(&arg).parse::<u16>() {
-        Ok(port) => Ok(SocketAddr::from(([0, 0, 0, 0], port))),
-        Err(_) => arg
-            .parse()
-            .map_err(|_| format!("{arg:?}: not PORT, :PORT or IP:PORT")),
     }
 }
 
 // Where resound does more:
-// * src/server.rs: the same loop in seven named steps, with a run queue, so that a client gets
-//   at most 64 KiB per turn (here one client that sends and reads fast keeps the loop to itself);
+// * src/server.rs: the loop in named steps; a run queue gives a client at most 64 KiB per turn
+//   (here a client that sends and reads fast keeps the loop to itself);
 // * src/listener.rs: out of descriptors, a spare one turns waiting clients away (no stall);
-// * src/connection.rs, src/lifecycle.rs: the whole lifecycle — the server closing first
-//   (FIN-WAIT-1, FIN-WAIT-2, CLOSING), idle and close timeouts (here a client in CLOSE-WAIT
-//   that never reads is kept forever), resets that say why; src/tcp.rs does the syscalls.
+// * src/lifecycle.rs, src/connection.rs: the server closing first (FIN-WAIT-1/2, CLOSING), idle
+//   timeouts (here a client in CLOSE-WAIT that never reads is kept forever), resets that say why.

@@ -12,95 +12,37 @@
 //! // and one broadcaster goroutine:  for each m: for each o != m.from: o <- m.text
 //! ```
 //!
-//! What changes: no goroutines, no channels; the loop owns the room. The complete lines of one
-//! read become one `Rc<[u8]>` batch, queued by reference to each other client: N recipients cost
-//! N pointers, not N copies. Each queue is bounded: a client that stops reading is dropped,
-//! where in Go its full channel would block the broadcaster, and so everyone.
-//!
-//! ```text
-//! cargo run --example 02_chat -- 127.0.0.1:7001    # then `nc 127.0.0.1 7001` in two terminals
-//! ```
+//! What changes: no goroutines, no channels; the loop owns the room. The whole lines of a read
+//! become one `Rc<[u8]>`, queued by reference to each other client (N pointers, not N copies).
+//! Queues are bounded: a client that stops reading is dropped; in Go its full channel blocks all.
 
 use std::collections::VecDeque;
+use std::io::ErrorKind::{ConnectionAborted, Interrupted, WouldBlock};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 const LISTENER: Token = Token(usize::MAX);
-/// Registered once, both ways: edge-triggered WRITABLE wakes us only after a refused write.
 const READ_WRITE: Interest = Interest::READABLE.add(Interest::WRITABLE);
-/// The longest line (the start of a line is kept until its `\n` arrives).
-const MAX_LINE: usize = 64 * 1024;
-/// Bytes queued for one client before it is dropped. Without a bound, one client that never
-/// reads would make the server keep every line sent from then on.
-const MAX_QUEUED: usize = 1024 * 1024;
+const MAX_LINE: usize = 64 * 1024; // the start of a line is kept until its `\n` arrives
+const MAX_QUEUED: usize = 1024 * 1024; // else one client that never reads would keep every line
 
 struct Client {
     stream: TcpStream,
     peer: SocketAddr,
-    /// The start of a line whose `\n` has not arrived yet.
-    partial: Vec<u8>,
-    /// Batches owed, shared with the other recipients; `sent` bytes of the front one are
-    /// written; `queued` is what is left, for the bound.
-    queue: VecDeque<Rc<[u8]>>,
-    sent: usize,
-    queued: usize,
-    /// Sent its FIN: it gets no new lines, and is closed once it has what it is owed.
-    leaving: bool,
-    /// Why it is closed; it is freed after this batch of events (see `main`).
-    closing: Option<String>,
-}
-
-#[derive(Default)]
-struct Room {
-    clients: Slab<Client>,
-    /// Keys of the clients closed during this batch of events.
-    closing: Vec<usize>,
-}
-
-impl Room {
-    fn close(&mut self, key: usize, why: String) {
-        if self.clients[key].closing.is_none() {
-            self.clients[key].closing = Some(why);
-            self.closing.push(key);
-        }
-    }
-
-    /// Queue `batch` to every client but its sender, and write to each right away.
-    fn fan_out(&mut self, from: usize, batch: &Rc<[u8]>) {
-        let mut failed = Vec::new();
-        for (key, c) in self.clients.iter_mut() {
-            if key == from || c.leaving || c.closing.is_some() {
-                continue;
-            }
-            c.queue.push_back(Rc::clone(batch)); // a pointer, not a copy
-            c.queued += batch.len();
-            if let Err(e) = flush(c) {
-                failed.push((key, format!("error: {e}")));
-            } else if c.queued > MAX_QUEUED {
-                // A reset, not a FIN: a FIN would wait behind megabytes it does not read.
-                let _ = socket2::SockRef::from(&c.stream).set_linger(Some(Duration::ZERO));
-                failed.push((
-                    key,
-                    format!("dropped: {} B queued, over {MAX_QUEUED}", c.queued),
-                ));
-            }
-        }
-        for (key, why) in failed {
-            self.close(key, why);
-        }
-    }
+    partial: Vec<u8>,          // the start of a line whose `\n` has not arrived yet
+    queue: VecDeque<Rc<[u8]>>, // batches owed, each shared with the other recipients
+    sent: usize,               // bytes of the front batch already written
+    queued: usize,             // bytes left to write, for the bound
+    closing: Option<String>,   // why it was closed: it is freed at the end of the batch of events
 }
 
 fn main() -> io::Result<()> {
-    let arg = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:0".into());
+    let arg = std::env::args().nth(1).unwrap_or("127.0.0.1:0".into());
     let Ok(addr) = arg.parse::<SocketAddr>() else {
         eprintln!("usage: 02_chat [IP:PORT]");
         std::process::exit(2)
@@ -111,130 +53,103 @@ fn main() -> io::Result<()> {
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     println!("listening chat tcp {}", listener.local_addr()?);
     let mut events = Events::with_capacity(256);
-    let mut room = Room::default();
+    let mut clients: Slab<Client> = Slab::new();
     let mut buf = vec![0; 64 * 1024];
 
     loop {
         match poll.poll(&mut events, None) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == Interrupted => continue,
             result => result?,
         }
         for event in events.iter() {
-            if event.token() == LISTENER {
-                accept_all(&listener, &poll, &mut room.clients);
-                continue;
-            }
             let key = event.token().0;
-            if room.clients.get(key).is_none_or(|c| c.closing.is_some()) {
-                continue; // gone, or on its way out
-            }
-            if let Err(e) = take_lines(&mut room, key, &mut buf) {
-                room.close(key, format!("error: {e}"));
-            }
-            let c = &mut room.clients[key];
-            match flush(c) {
-                Err(e) => room.close(key, format!("error: {e}")),
-                Ok(()) if c.leaving && c.queue.is_empty() => room.close(key, "left".into()),
-                Ok(()) => {}
-            }
-        }
-        // Free the closed clients only now. One dropped while serving another may still have
-        // an event further down this batch: had its slab slot been freed at once, a client
-        // accepted in between could take the slot, and receive that stale event.
-        for key in room.closing.drain(..) {
-            let c = room.clients.remove(key); // drop = close()
-            println!("conn {key} {} {}", c.peer, c.closing.unwrap_or_default());
-        }
-    }
-}
-
-fn accept_all(listener: &TcpListener, poll: &Poll, clients: &mut Slab<Client>) {
-    loop {
-        match listener.accept() {
-            Ok((mut stream, peer)) => {
-                let key = clients.vacant_key();
-                if poll
-                    .registry()
-                    .register(&mut stream, Token(key), READ_WRITE)
-                    .is_ok()
-                {
-                    println!("conn {key} {peer} joined");
-                    let (partial, queue, sent, queued) = (vec![], VecDeque::new(), 0, 0);
-                    let (leaving, closing) = (false, None);
-                    let client = Client {
+            if event.token() == LISTENER {
+                loop {
+                    // Accept every waiting client: one edge may stand for several.
+                    let (mut stream, peer) = match listener.accept() {
+                        Ok(accepted) => accepted,
+                        Err(e) if e.kind() == WouldBlock => break,
+                        Err(e) if matches!(e.kind(), Interrupted | ConnectionAborted) => continue,
+                        Err(e) => break eprintln!("accept: {e}"), // EMFILE: see 01_echo
+                    };
+                    let token = Token(clients.vacant_key());
+                    let Ok(()) = poll.registry().register(&mut stream, token, READ_WRITE) else {
+                        continue; // dropping `stream` closes it
+                    };
+                    println!("conn {} {peer} joined", token.0);
+                    clients.insert(Client {
                         stream,
                         peer,
-                        partial,
-                        queue,
-                        sent,
-                        queued,
-                        leaving,
-                        closing,
-                    };
-                    clients.insert(client);
+                        partial: Vec::new(),
+                        queue: VecDeque::new(),
+                        sent: 0,
+                        queued: 0,
+                        closing: None,
+                    });
                 }
+            } else if clients.get(key).is_some_and(|c| c.closing.is_none()) {
+                clients[key].closing = serve(&mut clients, key, &mut buf);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-            Err(e) => return eprintln!("accept: {e}"), // EMFILE: see 01_echo
         }
+        // Free the closed only now: a slot freed mid-batch could pass a stale event to a newcomer.
+        clients.retain(|key, c| {
+            let Some(why) = &c.closing else { return true };
+            println!("conn {key} {} {why}", c.peer);
+            false // removed from the slab, and drop = close()
+        });
     }
 }
 
-/// Read all `key` sent (until `WouldBlock`); the complete lines of each read go to the others
-/// as one batch. A last line without `\n` at the FIN is delivered with one added.
-fn take_lines(room: &mut Room, key: usize, buf: &mut [u8]) -> io::Result<()> {
-    while !room.clients[key].leaving {
-        let c = &mut room.clients[key];
-        match c.stream.read(buf) {
-            Ok(0) => {
-                c.leaving = true;
-                if !c.partial.is_empty() {
-                    c.partial.push(b'\n');
-                }
-            }
-            Ok(n) => c.partial.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+/// Read `key` until `WouldBlock`, passing its whole lines on; then pay it. `Some(why)` closes it.
+fn serve(clients: &mut Slab<Client>, key: usize, buf: &mut [u8]) -> Option<String> {
+    while clients[key].partial.len() <= MAX_LINE {
+        let c = &mut clients[key];
+        let n = match c.stream.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == WouldBlock => return flush(c),
+            Err(e) if e.kind() == Interrupted => continue,
+            Err(e) => return Some(format!("error: {e}")),
+        };
+        c.partial.extend_from_slice(&buf[..n]);
+        if n == 0 && !c.partial.is_empty() {
+            c.partial.push(b'\n'); // the FIN ends a last line that had no `\n`
         }
         if let Some(end) = c.partial.iter().rposition(|&b| b == b'\n') {
-            let batch: Rc<[u8]> = Rc::from(&c.partial[..=end]); // whole lines only
-            c.partial.drain(..=end);
-            room.fan_out(key, &batch);
-        }
-        if room.clients[key].partial.len() > MAX_LINE {
-            return Err(io::Error::other("line too long"));
-        }
-    }
-    Ok(())
-}
-
-/// Write what is queued until done or the socket is full (its WRITABLE edge brings us back).
-fn flush(c: &mut Client) -> io::Result<()> {
-    while let Some(front) = c.queue.front() {
-        match c.stream.write(&front[c.sent..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()), // retrying would spin
-            Ok(n) => {
-                (c.sent, c.queued) = (c.sent + n, c.queued - n);
-                if c.sent == front.len() {
-                    c.queue.pop_front(); // the last recipient to write a batch frees it
-                    c.sent = 0;
+            let batch: Rc<[u8]> = c.partial.drain(..=end).collect(); // whole lines only
+            for (other, o) in clients.iter_mut() {
+                if other != key && o.closing.is_none() {
+                    o.queued += batch.len();
+                    o.queue.push_back(Rc::clone(&batch)); // a pointer, not a copy
+                    o.closing = flush(o);
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+        }
+        if n == 0 {
+            return Some("left".into()); // what it is still owed is not sent
         }
     }
-    Ok(())
+    Some("error: line too long".into())
 }
 
-// Where resound does more:
-// * src/room.rs: the same fan-out with a soft limit (over 4 MiB for 10 s) beside the hard one,
-//   and one vectored write per member per loop turn carrying every sender's lines;
-// * src/service/broadcast.rs: the line framer, pure and property-tested, which answers an
-//   overlong line with an error line; src/outqueue.rs: a queue of shared and copied bytes;
-// * src/server.rs: a read budget per turn, so one sender flooding the room cannot keep the
-//   loop to itself (here `take_lines` reads a client until it has nothing more).
+/// Write what is queued until done or refused (WRITABLE brings us back). `Some(why)` closes it.
+fn flush(c: &mut Client) -> Option<String> {
+    while let Some(front) = c.queue.front() {
+        match c.stream.write(&front[c.sent..]) {
+            Ok(0) => return Some("error: write took nothing".into()), // retrying would spin
+            Ok(n) => (c.sent, c.queued) = (c.sent + n, c.queued - n),
+            Err(e) if e.kind() == WouldBlock => break,
+            Err(e) if e.kind() == Interrupted => continue,
+            Err(e) => return Some(format!("error: {e}")),
+        }
+        if c.sent == front.len() {
+            c.queue.pop_front(); // the last recipient to write a batch frees it
+            c.sent = 0;
+        }
+    }
+    (c.queued > MAX_QUEUED).then(|| format!("dropped: {} B queued, over {MAX_QUEUED}", c.queued))
+}
+
+// Where resound does more: src/room.rs, a soft limit beside this hard one and a vectored write per
+// member per turn; src/service/broadcast.rs, a pure line framer; src/connection.rs, a client that
+// leaves gets what it is owed before our FIN (here it is cut off), a dropped one is reset to free
+// its kernel buffers at once; src/server.rs, a read budget per turn (here a flood keeps the loop).
