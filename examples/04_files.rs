@@ -45,8 +45,10 @@ fn main() -> io::Result<()> {
     let mut args = std::env::args().skip(1);
     let arg = args.next().unwrap_or("127.0.0.1:0".into());
     let dir = PathBuf::from(args.next().unwrap_or("received".into()));
-    let usage = || io::Error::other("usage: 04_files [IP:PORT [DIR]]");
-    let addr: SocketAddr = arg.parse().map_err(|_| usage())?;
+    let Ok(addr) = arg.parse::<SocketAddr>() else {
+        eprintln!("usage: 04_files [IP:PORT [DIR]]");
+        std::process::exit(2);
+    };
     fs::create_dir_all(&dir)?;
     let mut poll = Poll::new()?;
     let mut listener = TcpListener::bind(addr)?;
