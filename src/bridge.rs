@@ -54,6 +54,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use crate::config::BridgeUrl;
+use crate::tcp::retry;
 use link::{Action, Conn, Counters, Link};
 
 /// Bytes read from one of the link's sockets per loop turn: the same fairness as a client's.
@@ -102,7 +103,7 @@ impl Bridge {
     /// A bridge to `url`, its first connection attempt due at `now`. `tokens` are the poll
     /// tokens of the subscriber and the publisher connections.
     pub fn new(url: &BridgeUrl, max_queue: usize, tokens: [Token; 2], now: Instant) -> Bridge {
-        let node = random_u64();
+        let node = node_id();
         log::info!("bridge: node {node:016x}, {url}");
         Bridge {
             link: Link::new(
@@ -118,15 +119,14 @@ impl Bridge {
     }
 
     /// An event for `token`: if it is one of ours, note what it says (a hint, as always).
-    pub fn on_event(&mut self, event: &mio::event::Event) -> bool {
+    pub fn on_event(&mut self, event: &mio::event::Event) {
         let Some(s) = self.sockets.iter_mut().find(|s| s.token == event.token()) else {
-            return false;
+            return;
         };
         let failed = event.is_error();
         s.readable |= event.is_readable() || event.is_read_closed() || failed;
         s.hup |= event.is_read_closed() || failed;
         s.writable |= event.is_writable() || event.is_write_closed() || failed;
-        true
     }
 
     /// A batch local members sent (they have had it already). Published if the link is up and
@@ -360,24 +360,11 @@ impl Bridge {
     }
 }
 
-/// Run a syscall again when a signal interrupted it.
-fn retry(mut syscall: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
-    loop {
-        match syscall() {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            result => return result,
-        }
-    }
-}
-
-/// 64 random bits from the kernel (`getrandom(2)`), for the node id. Should the call fail, the
-/// time and the process id make a value no other node is likely to share.
-fn random_u64() -> u64 {
-    let mut buf = [0u8; 8];
-    // SAFETY: getrandom writes at most `buf.len()` bytes into `buf`.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n == buf.len() as isize {
-        return u64::from_ne_bytes(buf);
+/// 64 random bits for the node id. Should the kernel's pool fail us, the time and the process
+/// id make a value no other node is likely to share.
+fn node_id() -> u64 {
+    if let Ok(random) = crate::storage::random_u64() {
+        return random;
     }
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -654,7 +654,7 @@ impl Core {
         let Some(bridge) = &mut self.bridge else {
             return;
         };
-        for (batch, _lines) in self.room.take_outgoing() {
+        for batch in self.room.take_outgoing() {
             bridge.publish(&batch);
         }
         bridge.send(self.now, &self.registry);

@@ -624,8 +624,8 @@ fn rename_noreplace(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> io::Result<(
     }
 }
 
-/// 64 bits from the kernel's random pool.
-fn random_u64() -> io::Result<u64> {
+/// 64 bits from the kernel's random pool (`getrandom(2)`).
+pub(crate) fn random_u64() -> io::Result<u64> {
     let mut buf = [0u8; 8];
     // SAFETY: writes at most 8 bytes into our 8-byte buffer.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };

@@ -141,7 +141,7 @@ impl TcpConn {
 }
 
 /// Run a syscall again when a signal interrupted it before it did anything.
-fn retry(mut syscall: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
+pub(crate) fn retry(mut syscall: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
     loop {
         match syscall() {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
