@@ -82,7 +82,7 @@ pub fn bind_udp(addr: SocketAddr, reuseport: bool) -> io::Result<UdpSocket> {
 ///   microseconds between that last accept and the close can still be lost without the sysctl.
 ///
 /// Without the option (the default), a second process on the same address fails to start with
-/// `cannot bind ... Address in use`, as before: sharing a port must be asked for by everyone.
+/// `cannot bind ... Address already in use`, as before: sharing a port must be asked for by everyone.
 fn set_reuse_port(socket: &Socket, reuseport: bool) -> io::Result<()> {
     if reuseport {
         socket.set_reuse_port(true)?;
@@ -479,7 +479,7 @@ fn bind_udp_echo(
     Ok(Some(udp))
 }
 
-/// `cannot bind echo tcp 127.0.0.1:7000: Address in use`.
+/// `cannot bind echo tcp 127.0.0.1:7000: Address already in use (os error 98)`.
 fn bind_error(service: ServiceKind, addr: SocketAddr) -> impl Fn(io::Error) -> io::Error {
     move |e| {
         io::Error::new(
