@@ -82,6 +82,22 @@ fn write_until_stalled_or_dropped(s: &mut TcpStream, data: &[u8], stall: Duratio
     true
 }
 
+/// Wait for the attackers' threads, probing the echo service at `probe` all along (the loop must
+/// go on serving), and return their sockets with the server's peak RSS meanwhile, in KiB.
+fn peak_rss_while(
+    server: &ServerProcess,
+    attackers: Vec<thread::JoinHandle<TcpStream>>,
+    probe: SocketAddr,
+) -> (Vec<TcpStream>, u64) {
+    let mut peak = 0;
+    while attackers.iter().any(|t| !t.is_finished()) {
+        peak = peak.max(server.rss_kib());
+        echo_probe(probe);
+    }
+    let sockets = attackers.into_iter().map(|t| t.join().unwrap()).collect();
+    (sockets, peak.max(server.rss_kib()))
+}
+
 /// One echo round trip on a fresh connection: the loop is still serving everyone else.
 fn echo_probe(addr: SocketAddr) {
     let mut c = connect(addr);
@@ -135,13 +151,7 @@ fn broadcast_receivers_that_never_read_are_held_to_the_memory_budget() {
             })
         })
         .collect();
-    let mut peak = 0;
-    while senders.iter().any(|t| !t.is_finished()) {
-        peak = peak.max(server.rss_kib());
-        echo_probe(server.addr("echo"));
-    }
-    let senders: Vec<TcpStream> = senders.into_iter().map(|t| t.join().unwrap()).collect();
-    peak = peak.max(server.rss_kib());
+    let (senders, peak) = peak_rss_while(&server, senders, server.addr("echo"));
     let grown = peak.saturating_sub(rss_before);
     assert!(
         grown < 32 * MIB,
@@ -226,13 +236,7 @@ fn echo_writers_that_never_read_are_held_to_the_memory_budget() {
             })
         })
         .collect();
-    let mut peak = 0;
-    while writers.iter().any(|t| !t.is_finished()) {
-        peak = peak.max(server.rss_kib());
-        echo_probe(addr);
-    }
-    let writers: Vec<TcpStream> = writers.into_iter().map(|t| t.join().unwrap()).collect();
-    peak = peak.max(server.rss_kib());
+    let (writers, peak) = peak_rss_while(&server, writers, addr);
     let grown = peak.saturating_sub(rss_before);
     assert!(
         grown < 48 * MIB,
