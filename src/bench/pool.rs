@@ -167,7 +167,7 @@ impl<S> Pool<S> {
     /// Setup: open links in order, at most [`MAX_CONNECTING`] in progress at once, and no faster
     /// than `pacer` (`--connect-rate`) if there is one.
     pub fn open_initial(&mut self, cx: &mut Cx, mut pacer: Option<&mut Pacer>) {
-        while self.next_unopened < self.links.len() && self.connecting < MAX_CONNECTING {
+        while self.can_open_more() {
             if let Some(p) = pacer.as_deref_mut()
                 && p.next_due(cx.now).is_none()
             {

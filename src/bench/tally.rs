@@ -14,7 +14,7 @@ use std::ops::AddAssign;
 use std::time::{Duration, Instant};
 
 use super::histogram::Latency;
-use super::pacing::Timeline;
+use super::pacing::{Pacer, Timeline};
 
 /// Errors by kind. Every one of these is a failure: the run exits non-zero if any is counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -248,6 +248,17 @@ impl Tally {
         }
     }
 
+    /// An open-loop schedule is over (the window closed, or nothing is left to send on): take
+    /// `pacer` and settle its account — every operation it called for is scheduled, those it
+    /// gave up are never sent. A schedule already settled (or none) adds nothing.
+    pub fn close_schedule(&mut self, pacer: &mut Option<Pacer>, until: Instant) {
+        if let Some(mut pacer) = pacer.take() {
+            let (scheduled, skipped) = pacer.close(until);
+            self.scheduled += scheduled;
+            self.not_sent += skipped;
+        }
+    }
+
     /// Add another worker's final counts.
     pub fn merge(&mut self, o: &Tally) {
         self.ops += o.ops;
@@ -290,6 +301,25 @@ mod tests {
         t.count_sent(1, Some(&tl), t0 + ms(50));
         t.count_sent(2, Some(&tl), t0 + ms(150));
         assert_eq!((t.sent, t.sent_total), (2, 3));
+    }
+
+    #[test]
+    fn test_a_schedule_is_settled_once() {
+        let t0 = Instant::now();
+        let mut pacer = Some(Pacer::new(t0, 1000.0)); // every 1 ms
+        let taken = std::iter::from_fn(|| {
+            pacer
+                .as_mut()
+                .unwrap()
+                .next_due(t0 + Duration::from_millis(4))
+        });
+        assert_eq!(taken.count(), 5);
+        let mut t = Tally::default();
+        t.close_schedule(&mut pacer, t0 + Duration::from_millis(10));
+        assert_eq!((t.scheduled, t.not_sent), (10, 5));
+        assert!(pacer.is_none());
+        t.close_schedule(&mut pacer, t0 + Duration::from_millis(20));
+        assert_eq!((t.scheduled, t.not_sent), (10, 5));
     }
 
     #[test]

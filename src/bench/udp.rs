@@ -35,7 +35,7 @@ use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 
 use super::Plan;
-use super::pacing::{BURST, Pacer};
+use super::pacing::{BURST, OpenLoop};
 use super::payload::{check_datagram, fill_datagram};
 use super::tally::CauseKind;
 use super::worker::{Cx, Driver, WorkerResult};
@@ -99,9 +99,9 @@ pub struct Udp {
     canaries: Vec<Option<Canary>>,
     size: usize,
     pipeline: usize,
+    /// Open loop: this worker's share of `--rate`, and its schedule (from the load's start).
     rate: Option<f64>,
-    pacer: Option<Pacer>,
-    round_robin: usize,
+    open_loop: OpenLoop,
     /// Setup: when the probes are given up (`None` before they start).
     probe_deadline: Option<Instant>,
     /// Setup: when the canaries last sent.
@@ -189,8 +189,7 @@ impl Udp {
             size: plan.size,
             pipeline: plan.pipeline,
             rate,
-            pacer: None,
-            round_robin: 0,
+            open_loop: OpenLoop::default(),
             probe_deadline: None,
             canary_sent: None,
             started: false,
@@ -410,34 +409,16 @@ impl Udp {
         cx.tally.errors.lost += n - placed;
     }
 
-    /// The window is over: settle the schedule's account.
-    fn close_schedule(&mut self, cx: &mut Cx, until: Instant) {
-        if let Some(mut pacer) = self.pacer.take() {
-            let (scheduled, skipped) = pacer.close(until);
-            cx.tally.scheduled += scheduled;
-            cx.tally.not_sent += skipped;
-        }
-    }
-
-    /// Open loop: send what the schedule says is due, round robin over the answered sockets.
+    /// Open loop: send what the schedule says is due, at most [`BURST`] per turn, round robin
+    /// over the answered sockets.
     fn pace(&mut self, cx: &mut Cx) {
         let Some(tl) = cx.timeline else { return };
-        if !tl.sending(cx.now) {
-            return self.close_schedule(cx, tl.measure_until);
-        }
         let n = self.socks.len();
         for _ in 0..BURST {
-            let Some(at) = self.pacer.as_mut().and_then(|p| p.next_due(cx.now)) else {
+            let answered = |k: usize| self.socks[k].probe == Probe::Answered;
+            let Some((k, at)) = self.open_loop.next(cx.tally, &tl, cx.now, n, answered) else {
                 return;
             };
-            let Some(k) = (0..n)
-                .map(|j| (self.round_robin + j) % n)
-                .find(|&k| self.socks[k].probe == Probe::Answered)
-            else {
-                cx.tally.not_sent += 1;
-                return self.close_schedule(cx, tl.measure_until);
-            };
-            self.round_robin = (k + 1) % n;
             let seq = self.socks[k].next_seq;
             if !self.send(cx, k, at) && self.socks[k].next_seq == seq {
                 // Our own socket buffer is full: this datagram is dropped here, as a UDP
@@ -469,7 +450,9 @@ impl Driver for Udp {
         let Some(tl) = cx.timeline else { return };
         if !self.started {
             self.started = true;
-            self.pacer = self.rate.map(|r| Pacer::new(tl.start, r));
+            if let Some(rate) = self.rate {
+                self.open_loop.start(tl.start, rate);
+            }
             for k in 0..self.socks.len() {
                 self.refill(cx, k);
             }
@@ -485,12 +468,7 @@ impl Driver for Udp {
     }
 
     fn settled(&self) -> Option<u64> {
-        (self.probe_deadline.is_some() && !self.probing()).then(|| {
-            self.socks
-                .iter()
-                .filter(|s| s.probe == Probe::Answered)
-                .count() as u64
-        })
+        (self.probe_deadline.is_some() && !self.probing()).then(|| self.open_count())
     }
 
     fn open_count(&self) -> u64 {
@@ -505,7 +483,7 @@ impl Driver for Udp {
     }
 
     fn wake_at(&self, cx: &Cx) -> Option<Instant> {
-        let pacing = self.pacer.as_ref().map(|p| p.next_at());
+        let pacing = self.open_loop.next_at();
         // While datagrams are in flight, look for losses every 10 ms.
         let scan = (self.in_flight > 0).then(|| cx.now + Duration::from_millis(10));
         // While probing, resend or give up on time.
@@ -524,7 +502,7 @@ impl Driver for Udp {
 
     fn finish(&mut self, cx: &mut Cx, result: &mut WorkerResult) {
         if let Some(tl) = cx.timeline {
-            self.close_schedule(cx, tl.measure_until.min(cx.now));
+            self.open_loop.close(cx.tally, tl.measure_until.min(cx.now));
         }
         let n = self.in_flight;
         self.count_lost(cx, n);
