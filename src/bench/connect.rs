@@ -179,9 +179,8 @@ impl Driver for Churn {
     }
 
     fn turn(&mut self, cx: &mut Cx) {
-        let connecting = self.in_flight(cx);
-        self.pool.expire_connects(cx, LinkState::Unopened);
-        for _ in self.in_flight(cx)..connecting {
+        let expired = self.pool.expire_connects(cx, LinkState::Unopened);
+        for _ in 0..expired {
             self.setup_cycle_ended(false); // timed out
         }
         if self.setup_pending.is_none() {

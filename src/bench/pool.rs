@@ -244,11 +244,12 @@ impl<S> Pool<S> {
     }
 
     /// Count and close the connects that have been in progress for longer than
-    /// [`CONNECT_TIMEOUT`]; `then` is the state they are left in.
-    pub fn expire_connects(&mut self, cx: &mut Cx, then: LinkState) {
+    /// [`CONNECT_TIMEOUT`]; `then` is the state they are left in. How many there were.
+    pub fn expire_connects(&mut self, cx: &mut Cx, then: LinkState) -> usize {
         if self.connecting == 0 {
-            return;
+            return 0;
         }
+        let mut expired = 0;
         for i in 0..self.links.len() {
             if let LinkState::Connecting(since) = self.links[i].state
                 && cx.now.saturating_duration_since(since) > CONNECT_TIMEOUT
@@ -260,8 +261,10 @@ impl<S> Pool<S> {
                     .causes
                     .count(CauseKind::Connect, target, Some(&timed_out));
                 self.close(i, then);
+                expired += 1;
             }
         }
+        expired
     }
 
     /// Read link `i` until the socket would block, handing each chunk read to `handle` with the

@@ -104,6 +104,9 @@ pub struct Udp {
     open_loop: OpenLoop,
     /// Setup: when the probes are given up (`None` before they start).
     probe_deadline: Option<Instant>,
+    /// Setup: sockets whose probe is neither answered nor given up yet. Counted down where a
+    /// probe ends, so that once setup is over no turn or wake-up looks at the probes again.
+    probes_pending: usize,
     /// Setup: when the canaries last sent.
     canary_sent: Option<Instant>,
     started: bool,
@@ -184,6 +187,7 @@ impl Udp {
             }
         }
         Ok(Udp {
+            probes_pending: socks.len(),
             socks,
             canaries,
             size: plan.size,
@@ -283,6 +287,7 @@ impl Udp {
             if seq == PROBE_SEQ {
                 if matches!(sock.probe, Probe::Waiting(_)) {
                     sock.probe = Probe::Answered;
+                    self.probes_pending -= 1;
                 }
                 continue; // a probe's reply (or a late copy of one): not part of the run
             }
@@ -322,6 +327,7 @@ impl Udp {
                 for sock in self.socks.iter_mut().filter(|s| s.target == target) {
                     if matches!(sock.probe, Probe::Waiting(_) | Probe::Unsent) {
                         sock.probe = Probe::Failed;
+                        self.probes_pending -= 1;
                         cx.tally.errors.connect += 1;
                         cx.tally.causes.count(CauseKind::Connect, target, Some(&e));
                     }
@@ -344,6 +350,7 @@ impl Udp {
                 Probe::Waiting(_) | Probe::Unsent if cx.now >= deadline => {
                     // No reply in time: the server is not there, or answers nobody.
                     self.socks[k].probe = Probe::Failed;
+                    self.probes_pending -= 1;
                     cx.tally.errors.timeouts += 1;
                     let timed_out = io::Error::from_raw_os_error(libc::ETIMEDOUT);
                     let target = self.socks[k].target;
@@ -361,6 +368,7 @@ impl Udp {
                 Err(e) => {
                     // A refusal will not change by trying again: count it, name it, move on.
                     self.socks[k].probe = Probe::Failed;
+                    self.probes_pending -= 1;
                     cx.tally.errors.send += 1;
                     let target = self.socks[k].target;
                     cx.tally.causes.count(CauseKind::Send, target, Some(&e));
@@ -377,10 +385,17 @@ impl Udp {
         }
     }
 
-    fn probing(&self) -> bool {
+    /// Setup: when the next probe is due to be sent again or given up.
+    fn next_probe_at(&self, now: Instant) -> Option<Instant> {
         self.socks
             .iter()
-            .any(|s| matches!(s.probe, Probe::Waiting(_) | Probe::Unsent))
+            .filter_map(|s| match s.probe {
+                Probe::Waiting(last) => Some(last + PROBE_EVERY),
+                Probe::Unsent => Some(now),
+                Probe::Answered | Probe::Failed => None,
+            })
+            .min()
+            .map(|t| t.min(self.probe_deadline.unwrap_or(t)))
     }
 
     /// Count datagrams unanswered for [`LOSS_TIMEOUT`] as lost.
@@ -441,10 +456,11 @@ impl Driver for Udp {
     }
 
     fn turn(&mut self, cx: &mut Cx) {
-        if self.probe_deadline.is_none() || self.probing() {
+        if self.probes_pending > 0 {
             self.probe(cx);
         }
-        if !self.probing() {
+        if self.probes_pending == 0 {
+            // Every probe has ended: the canaries have nothing left to tell.
             self.canaries.clear();
         }
         let Some(tl) = cx.timeline else { return };
@@ -468,7 +484,15 @@ impl Driver for Udp {
     }
 
     fn settled(&self) -> Option<u64> {
-        (self.probe_deadline.is_some() && !self.probing()).then(|| self.open_count())
+        debug_assert_eq!(
+            self.probes_pending,
+            self.socks
+                .iter()
+                .filter(|s| matches!(s.probe, Probe::Waiting(_) | Probe::Unsent))
+                .count(),
+            "every probe that ended was counted down"
+        );
+        (self.probes_pending == 0).then(|| self.open_count())
     }
 
     fn open_count(&self) -> u64 {
@@ -486,17 +510,12 @@ impl Driver for Udp {
         let pacing = self.open_loop.next_at();
         // While datagrams are in flight, look for losses every 10 ms.
         let scan = (self.in_flight > 0).then(|| cx.now + Duration::from_millis(10));
-        // While probing, resend or give up on time.
-        let probe = self
-            .socks
-            .iter()
-            .filter_map(|s| match s.probe {
-                Probe::Waiting(last) => Some(last + PROBE_EVERY),
-                Probe::Unsent => Some(cx.now),
-                _ => None,
-            })
-            .min()
-            .map(|t| t.min(self.probe_deadline.unwrap_or(t)));
+        // While probing (setup only), resend or give up on time.
+        let probe = if self.probes_pending > 0 {
+            self.next_probe_at(cx.now)
+        } else {
+            None
+        };
         pacing.into_iter().chain(scan).chain(probe).min()
     }
 
