@@ -468,10 +468,6 @@ impl Driver for Broadcast {
         self.synced
     }
 
-    fn open_count(&self) -> u64 {
-        self.pool.open_count()
-    }
-
     fn in_flight(&self, cx: &Cx) -> u64 {
         // Every worker waits for every sender: its receivers must read until all lines are in.
         cx.shared.windows.iter().filter(|w| !w.finished()).count() as u64

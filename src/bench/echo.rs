@@ -259,10 +259,6 @@ impl Driver for Echo {
         self.pool.settled().then(|| self.pool.open_count())
     }
 
-    fn open_count(&self) -> u64 {
-        self.pool.open_count()
-    }
-
     fn in_flight(&self, _cx: &Cx) -> u64 {
         self.in_flight
     }

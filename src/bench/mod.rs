@@ -394,19 +394,20 @@ pub fn run(plan: &Plan) -> io::Result<Report> {
     drop(msg_tx);
     let coordinator = Coordinator {
         plan,
+        started,
         messages: msg_rx,
         workers,
     };
     let outcome = coordinator.drive(&shared, setup_start, before);
     coordinator.stop_and_join();
-    let mut m = outcome?;
-    m.started = started;
-    Ok(Report::new(plan, m))
+    Ok(Report::new(plan, outcome?))
 }
 
 /// The coordinator's side of the run: the workers' channels, and the run's three phases.
 struct Coordinator<'a> {
     plan: &'a Plan,
+    /// When the run started (wall clock, for the report).
+    started: SystemTime,
     messages: mpsc::Receiver<Message>,
     workers: Vec<(
         mpsc::Sender<Command>,
@@ -566,7 +567,7 @@ impl Coordinator<'_> {
             end: at_end,
             usage,
             series: progress.series,
-            started: SystemTime::now(),
+            started: self.started,
             server_children: plan.pid.and_then(crate::procfs::child_count),
         })
     }

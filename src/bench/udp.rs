@@ -385,6 +385,14 @@ impl Udp {
         }
     }
 
+    /// Sockets whose probe the server answered: the sockets the run uses.
+    fn answered(&self) -> u64 {
+        self.socks
+            .iter()
+            .filter(|s| s.probe == Probe::Answered)
+            .count() as u64
+    }
+
     /// Setup: when the next probe is due to be sent again or given up.
     fn next_probe_at(&self, now: Instant) -> Option<Instant> {
         self.socks
@@ -492,14 +500,7 @@ impl Driver for Udp {
                 .count(),
             "every probe that ended was counted down"
         );
-        (self.probes_pending == 0).then(|| self.open_count())
-    }
-
-    fn open_count(&self) -> u64 {
-        self.socks
-            .iter()
-            .filter(|s| s.probe == Probe::Answered)
-            .count() as u64
+        (self.probes_pending == 0).then(|| self.answered())
     }
 
     fn in_flight(&self, _cx: &Cx) -> u64 {
@@ -525,7 +526,7 @@ impl Driver for Udp {
         }
         let n = self.in_flight;
         self.count_lost(cx, n);
-        result.open = self.open_count();
+        result.open = self.answered();
     }
 }
 
