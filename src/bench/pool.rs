@@ -22,10 +22,11 @@ use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::dial::{Dialer, connect_finished};
+use super::dial::Dialer;
 use super::pacing::Pacer;
 use super::tally::CauseKind;
 use super::worker::Cx;
+use crate::tcp::connect_finished;
 
 /// Connects in progress at once per worker during setup: enough to open thousands of
 /// connections a second, few enough not to overflow the server's accept backlog.
