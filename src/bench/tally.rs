@@ -5,8 +5,7 @@
 //! datagram, a line delivery) is completed, or lost (sent whole, never answered, on a connection
 //! that stayed up), or corrupt, or abandoned (in flight on a connection that failed: the failure
 //! is the one error, its operations are not counted again as lost), or never sent (the schedule
-//! wanted it but the generator could not put it on the wire: its own shortfall, not the
-//! server's).
+//! or the pipeline wanted it but it never went on the wire whole: not counted as lost).
 
 use std::io;
 use std::net::SocketAddr;
@@ -202,8 +201,11 @@ pub struct Tally {
     pub sent_total: u64,
     /// Open loop: operations the schedule called for (up to the end of the window).
     pub scheduled: u64,
-    /// Open loop: of those, the ones never sent: the generator fell too far behind its schedule,
-    /// or could not write them before the end. Not an error of the server.
+    /// Operations never sent whole, in either loop. Open loop: of those scheduled, the ones the
+    /// generator gave up (too far behind its schedule, its own UDP socket buffer full, or no
+    /// socket left to send on). Both loops: operations issued but still unwritten, whole or in
+    /// part, when their connection failed or the run ended (a server that stopped reading
+    /// never took them). Not an error in itself.
     pub not_sent: u64,
     /// Operations in flight on a connection that failed: counted with that failure, not as lost.
     pub abandoned: u64,
