@@ -26,7 +26,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -427,24 +427,45 @@ fn cell(v: f64, decimals: usize) -> String {
 
 /// `cluster`: the scaling-out scenarios. They start several servers and a Redis at once, so
 /// `benches/cluster.sh` runs them (the same script by hand or here), with this build's binary.
-fn run_cluster(o: &Options) {
+/// Whether the script succeeded.
+fn run_cluster(o: &Options) -> bool {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/cluster.sh");
     let status = Command::new("bash")
         .arg(script)
         .args([o.secs.to_string(), o.repeat.to_string()])
         .env("BIN", env!("CARGO_BIN_EXE_resound"))
-        .status()
-        .expect("run benches/cluster.sh");
-    if !status.success() {
-        eprintln!("cluster: benches/cluster.sh failed ({status})");
+        .status();
+    match status {
+        Ok(status) if status.success() => true,
+        Ok(status) => {
+            eprintln!("cluster: benches/cluster.sh failed ({status})");
+            false
+        }
+        Err(e) => {
+            eprintln!("cluster: cannot run benches/cluster.sh: {e}");
+            false
+        }
     }
 }
 
-fn main() {
-    let o = options();
-    if o.only.iter().any(|n| n == "cluster") {
-        run_cluster(&o);
+/// The scenarios named on the command line (all of them if none is named), in table order.
+/// A name that is no scenario is said on stderr: `cargo bench NAME` passes its filter to every
+/// bench target, so it is not an error here, but it must not pass for a scenario run.
+fn choose(only: &[String]) -> Vec<&'static Scenario> {
+    for name in only {
+        if !SCENARIOS.iter().any(|s| s.name == *name) {
+            eprintln!("no scenario is named {name:?}");
+        }
     }
+    SCENARIOS
+        .iter()
+        .filter(|s| only.is_empty() || only.iter().any(|n| n == s.name))
+        .collect()
+}
+
+/// Pin this process (the load generator) to its CPU if there is a second one; how many CPUs
+/// there are.
+fn pin_load() -> usize {
     let cpus = thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -453,72 +474,102 @@ fn main() {
     } else {
         eprintln!("only one CPU: server and load share it; rates mean little");
     }
-    let chosen: Vec<&Scenario> = SCENARIOS
-        .iter()
-        .filter(|s| o.only.is_empty() || o.only.iter().any(|n| n == s.name))
-        .collect();
+    cpus
+}
+
+/// One row of the table: a scenario on one server with one load generator, and the medians of
+/// its runs (`None`: skipped, and why was said on stderr).
+struct Row {
+    scenario: &'static Scenario,
+    server: String,
+    loader: &'static str,
+    medians: Option<Figures>,
+}
+
+/// Every chosen scenario on every server with every loader, `o.repeat` times each, on a fresh
+/// server each time. The rows of the table; each run's JSON is pushed onto `json`.
+fn measure_all(o: &Options, chosen: &[&'static Scenario], json: &mut Vec<String>) -> Vec<Row> {
+    let loaders: &[&'static str] = if o.loadgen {
+        &["resound-bench", "loadgen"]
+    } else {
+        &["resound-bench"]
+    };
     let mut rows = Vec::new();
-    let mut json = Vec::new();
-    for s in &chosen {
+    for &s in chosen {
         for server in &o.servers {
-            let loaders: &[&str] = if o.loadgen {
-                &["resound-bench", "loadgen"]
-            } else {
-                &["resound-bench"]
-            };
             for &loader in loaders {
-                let mut runs = Vec::new();
-                let mut skipped = None;
-                for _ in 0..o.repeat {
-                    if !wait_for_quiet() {
-                        eprintln!(
-                            "machine busy for 30 s (other processes' CPU > 10 %): measuring anyway"
-                        );
-                    }
-                    let srv = match start_server(server, s.mode) {
-                        Ok(srv) => srv,
-                        Err(why) => {
-                            skipped = Some(why);
-                            break;
-                        }
-                    };
-                    let f = match loader {
-                        "loadgen" => match with_loadgen(s, &srv, o.secs) {
-                            Some(f) => f,
-                            None => {
-                                skipped = Some("loadgen is not built or failed".into());
-                                break;
-                            }
-                        },
-                        _ => with_resound_bench(s, &srv, o.secs),
-                    };
-                    eprintln!(
-                        "{:<10} {:<8} {:<13} {:>10}/s  p99 {:>6} µs  server {:>7} µs/op  errors {}",
-                        s.name,
-                        server,
-                        loader,
-                        cell(f.rate, 0),
-                        cell(f.p99, 0),
-                        cell(f.cpu_us_per_op, 3),
-                        f.errors
-                    );
-                    json.push(format!(
-                        "{{\"scenario\":\"{}\",\"server\":\"{server}\",\"loader\":\"{loader}\",\"report\":{}}}",
-                        s.name, f.json
-                    ));
-                    runs.push(f);
-                }
-                match skipped {
-                    Some(why) if runs.is_empty() => {
-                        eprintln!("{:<10} {:<8} {:<13} skipped: {why}", s.name, server, loader);
-                        rows.push((s, server.clone(), loader, None));
-                    }
-                    _ => rows.push((s, server.clone(), loader, Some(medians(&runs)))),
-                }
+                let medians = measure(o, s, server, loader, json);
+                rows.push(Row {
+                    scenario: s,
+                    server: server.clone(),
+                    loader,
+                    medians,
+                });
             }
         }
     }
+    rows
+}
 
+/// One row: `o.repeat` runs of scenario `s` on `server` with `loader`, each printed on stderr
+/// and its JSON pushed onto `json`; their medians, or `None` if it could not run at all.
+fn measure(
+    o: &Options,
+    s: &Scenario,
+    server: &str,
+    loader: &str,
+    json: &mut Vec<String>,
+) -> Option<Figures> {
+    let mut runs = Vec::new();
+    let mut skipped = None;
+    for _ in 0..o.repeat {
+        if !wait_for_quiet() {
+            eprintln!("machine busy for 30 s (other processes' CPU > 10 %): measuring anyway");
+        }
+        let srv = match start_server(server, s.mode) {
+            Ok(srv) => srv,
+            Err(why) => {
+                skipped = Some(why);
+                break;
+            }
+        };
+        let f = match loader {
+            "loadgen" => match with_loadgen(s, &srv, o.secs) {
+                Some(f) => f,
+                None => {
+                    skipped = Some("loadgen is not built or failed".into());
+                    break;
+                }
+            },
+            _ => with_resound_bench(s, &srv, o.secs),
+        };
+        eprintln!(
+            "{:<10} {:<8} {:<13} {:>10}/s  p99 {:>6} µs  server {:>7} µs/op  errors {}",
+            s.name,
+            server,
+            loader,
+            cell(f.rate, 0),
+            cell(f.p99, 0),
+            cell(f.cpu_us_per_op, 3),
+            f.errors
+        );
+        json.push(format!(
+            "{{\"scenario\":\"{}\",\"server\":\"{server}\",\"loader\":\"{loader}\",\"report\":{}}}",
+            s.name, f.json
+        ));
+        runs.push(f);
+    }
+    match skipped {
+        Some(why) if runs.is_empty() => {
+            eprintln!("{:<10} {:<8} {:<13} skipped: {why}", s.name, server, loader);
+            None
+        }
+        _ => Some(medians(&runs)),
+    }
+}
+
+/// The table of medians on stdout, then what each chosen scenario is.
+fn print_table(o: &Options, rows: &[Row], chosen: &[&Scenario]) {
     println!();
     println!(
         "medians of {} run(s), {} s each; server pinned to CPU {SERVER_CPU}, load to CPU {LOAD_CPU}",
@@ -529,8 +580,14 @@ fn main() {
         "| scenario | server | loader | ops/s | p50 µs | p99 µs | server CPU µs/op | server RSS B/conn | errors | loader CPU % | other CPU % |"
     );
     println!("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for (s, server, loader, f) in &rows {
-        match f {
+    for Row {
+        scenario: s,
+        server,
+        loader,
+        medians,
+    } in rows
+    {
+        match medians {
             None => println!(
                 "| {} | {server} | {loader} | skipped | | | | | | | |",
                 s.name
@@ -554,10 +611,13 @@ fn main() {
         }
     }
     println!();
-    for s in &chosen {
+    for s in chosen {
         println!("  {:<10} {}", s.name, s.what);
     }
+}
 
+/// Every run's JSON into `target/bench-results.json` (or under `CARGO_TARGET_DIR`).
+fn write_results(cpus: usize, o: &Options, json: &[String]) {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
@@ -572,4 +632,34 @@ fn main() {
         Ok(()) => println!("\nevery run: {}", path.display()),
         Err(e) => eprintln!("cannot write {}: {e}", path.display()),
     }
+}
+
+/// `cluster` (when named) runs first, through its script; then the chosen scenarios are
+/// measured, tabled and written out. Nothing is written when no scenario was chosen (only
+/// `cluster`, or only names that are no scenario): an earlier run's results stay. Exit status
+/// 1 when `cluster.sh` failed.
+fn main() -> ExitCode {
+    let mut o = options();
+    let asked = o.only.len();
+    o.only.retain(|n| n != "cluster");
+    let cluster_ok = o.only.len() == asked || run_cluster(&o);
+    let status = if cluster_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
+    if asked > 0 && o.only.is_empty() {
+        return status;
+    }
+    let chosen = choose(&o.only);
+    if chosen.is_empty() {
+        eprintln!("no scenario chosen: nothing measured, nothing written");
+        return status;
+    }
+    let cpus = pin_load();
+    let mut json = Vec::new();
+    let rows = measure_all(&o, &chosen, &mut json);
+    print_table(&o, &rows, &chosen);
+    write_results(cpus, &o, &json);
+    status
 }

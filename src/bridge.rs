@@ -54,7 +54,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use crate::config::BridgeUrl;
-use crate::tcp::retry;
+use crate::tcp::{connect_finished, retry};
 use link::{Action, Conn, Counters, Link};
 
 /// Bytes read from one of the link's sockets per loop turn: the same fairness as a client's.
@@ -239,23 +239,15 @@ impl Bridge {
         Ok(())
     }
 
-    /// A connecting socket had an event: find out whether the handshake finished (mio's
-    /// recipe: `take_error`, then `peer_addr`; NotConnected means not yet, a spurious wake-up).
+    /// A connecting socket had an event: find out whether the handshake finished (not yet: a
+    /// spurious wake-up).
     fn check_connect(&mut self, conn: Conn, now: Instant) {
         let s = &mut self.sockets[conn as usize];
         let Some(stream) = &s.stream else { return };
         if !s.connecting || !(s.writable || s.readable) {
             return;
         }
-        let outcome = match stream.take_error() {
-            Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => match stream.peer_addr() {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
-                Err(e) => Err(e),
-            },
-        };
-        match outcome {
+        match connect_finished(stream) {
             Ok(true) => {
                 s.connecting = false;
                 self.link.handle_connected(conn);

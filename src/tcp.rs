@@ -5,6 +5,9 @@
 //! every decision — when to read, how much, what a short read means, when our FIN may go, when
 //! to reset — is the core's. Keeping this layer this thin is what lets the rules be tested
 //! without sockets.
+//!
+//! [`connect_finished`] is here too: the one check of a non-blocking connect of ours, which the
+//! bridge's links to other nodes and the load generator's connections share.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
@@ -147,6 +150,23 @@ pub(crate) fn retry(mut syscall: impl FnMut() -> io::Result<usize>) -> io::Resul
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             result => return result,
         }
+    }
+}
+
+/// Has a non-blocking connect finished? Ask after the socket's first event (writable, or an
+/// error): writable does not mean connected, so this is mio's recipe for
+/// `TcpStream::connect` — `take_error()` (`SO_ERROR`: refused, unreachable...), then
+/// `peer_addr()`. `Ok(true)`: connected; `Ok(false)`: still in progress (a spurious wake-up:
+/// `ENOTCONN`, or `EINPROGRESS`); `Err`: it failed, with the reason.
+pub(crate) fn connect_finished(stream: &TcpStream) -> io::Result<bool> {
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    match stream.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

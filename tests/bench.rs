@@ -1,5 +1,6 @@
 //! `resound bench` against real servers on loopback: each mode for about a second against an
-//! in-process resound on port 0, asserting counts and zero errors (never a speed); and servers
+//! in-process resound on port 0, asserting zero errors and counts that do not depend on speed
+//! (every operation accounted for once, an open loop's schedule to the operation); and servers
 //! that misbehave on purpose, are down, or are not what `--pid` says, to prove that each check
 //! fails when it should and that every fault is counted once. The one timing asserted is the
 //! issue's own: a target that is down fails within 2 s.
@@ -85,8 +86,13 @@ fn test_echo_open_loop_sends_on_schedule() {
     p.rate = Some(2000.0);
     let r = run(&p);
     assert_clean(&r);
-    // Never more than the schedule holds for the warm-up and the window.
-    assert!(r.ops <= 2000 * 12 / 10 + 1, "{} messages", r.ops);
+    // 2000/s from the start of the warm-up to the end of the window (1.2 s), one worker: the
+    // schedule holds exactly 2400 messages, each sent or (a generator behind) never sent, and
+    // every one sent came back.
+    assert_eq!(r.scheduled, 2400, "{}", r.summary());
+    assert_eq!(r.sent_total + r.not_sent, r.scheduled, "{}", r.summary());
+    assert_eq!(r.completed, r.sent_total, "{}", r.summary());
+    assert_accounted(&r);
 }
 
 #[test]
@@ -166,13 +172,11 @@ fn test_broadcast_paced_is_clean() {
     p.size = 200;
     let r = run(&p);
     assert_clean(&r);
-    // Each line reaches the 10 receivers; the window boundaries cut a few either way.
-    assert!(r.sent >= 400 && r.sent <= 600, "{} lines sent", r.sent);
-    assert!(
-        r.ops >= r.sent * 9 && r.ops <= r.sent * 11,
-        "{} deliveries",
-        r.ops
-    );
+    // 500 lines/s over the warm-up and the window (1.2 s): exactly 600 lines scheduled, each
+    // sent or never sent, and each one sent delivered to all 10 receivers.
+    assert_eq!(r.scheduled, 600, "{}", r.summary());
+    assert_eq!(r.sent_total + r.not_sent, r.scheduled, "{}", r.summary());
+    assert_eq!(r.completed, r.sent_total * 10, "{}", r.summary());
 }
 
 // --- several targets ---
@@ -276,12 +280,16 @@ fn bad_server(conns: usize, serve: fn(TcpStream)) -> SocketAddr {
     addr
 }
 
-/// An address nobody listens on (bound, then released).
-fn closed_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// An address nobody listens on, held: a TCP socket bound to it without `listen`, so the kernel
+/// refuses every connect there, and no other test can take the port while the caller keeps the
+/// socket.
+fn closed_port() -> (socket2::Socket, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    (socket, addr)
 }
 
 /// Echoes faithfully, except one bit of byte 1000.
@@ -442,7 +450,9 @@ fn test_damaged_broadcast_lines_are_counted_once() {
         }
     });
     // Closed loop with a small window: a damaged line that never counted as delivered would
-    // stall the sender after a few lines (and then count a timeout).
+    // stall the sender (a window of 4) after 6 lines. It would give that line up (a timeout)
+    // only after 2 s without progress (broadcast's STALL), longer than the whole run sends
+    // (1.2 s) and drains (0.5 s): so a stall shows as a handful of lines sent, not as an error.
     let mut p = plan(Mode::Broadcast, addr);
     p.connections = conns - 1;
     p.window = 4;
@@ -450,7 +460,7 @@ fn test_damaged_broadcast_lines_are_counted_once() {
     let r = run(&p);
     assert!(r.errors.corrupt > 0, "{}", r.summary());
     assert_eq!(r.errors.total(), r.errors.corrupt, "{}", r.summary());
-    assert!(r.sent_total > 100, "the window stalled: {}", r.summary());
+    assert!(r.sent_total > 20, "the window stalled: {}", r.summary());
     assert_eq!(r.exit_code(), 1);
 }
 
@@ -519,7 +529,7 @@ fn test_a_server_closing_everything_at_once_is_named() {
 /// the binary exits 1 with it.
 #[test]
 fn test_a_target_that_is_down_fails_fast_naming_the_error() {
-    let addr = closed_port();
+    let (_held, addr) = closed_port();
     for mode in [Mode::Echo, Mode::Broadcast, Mode::Connect, Mode::Idle] {
         let mut p = plan(mode, addr);
         p.connections = 5;
@@ -583,7 +593,7 @@ fn test_a_udp_target_that_never_answers_fails_after_the_probe() {
 #[test]
 fn test_partial_setup_failures_are_counted_by_cause() {
     let server = util::start(|_| {});
-    let dead = closed_port();
+    let (_held, dead) = closed_port();
     let mut p = plan(Mode::Echo, server.addr(ServiceKind::Echo));
     p.targets.push(dead);
     p.connections = 4;
@@ -643,7 +653,8 @@ fn test_without_pid_the_server_cpu_is_unknown_not_interference() {
 }
 
 /// --pid of a process that does none of the work (here a shell whose child sleeps, as a
-/// forking server's parent would idle): warned about, twice over.
+/// forking server's parent would idle): its child process is warned about. (The warning that
+/// its CPU time is too small for the work done depends on speed; `report.rs` tests that rule.)
 #[test]
 fn test_a_pid_that_does_not_do_the_work_is_warned_about() {
     use std::os::unix::process::CommandExt;
@@ -662,15 +673,12 @@ fn test_a_pid_that_does_not_do_the_work_is_warned_about() {
     let server = util::start(|_| {});
     let mut p = plan(Mode::Echo, server.addr(ServiceKind::Echo));
     p.pid = Some(pid);
-    p.pipeline = 8;
     let r = run(&p);
     // SAFETY: kill(2) on the process group we created.
     unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
     let _ = parent.wait();
-    assert!(r.ops >= 1000, "{}", r.summary());
     let warnings = r.warnings.join("\n");
     assert!(warnings.contains("1 child process"), "{warnings}");
-    assert!(warnings.contains("done elsewhere"), "{warnings}");
     assert!(r.summary().contains("** warning:"));
 }
 
@@ -678,7 +686,8 @@ fn test_a_pid_that_does_not_do_the_work_is_warned_about() {
 /// figures of 0.
 #[test]
 fn test_a_missing_pid_or_cpu_is_a_usage_error() {
-    let target = closed_port().to_string();
+    let (_held, target) = closed_port();
+    let target = target.to_string();
     // Linux pids are below pid_max, at most 2^22.
     for (flag, value) in [("--pid", "4194304"), ("--cpu", "4096")] {
         let (status, stderr) = util::run_binary(&["bench", "echo", "-t", &target, flag, value]);

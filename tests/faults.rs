@@ -15,14 +15,11 @@ use std::time::{Duration, Instant};
 use socket2::SockRef;
 use util::*;
 
-/// CPU seconds (user + system) the process has used so far, from /proc/PID/stat.
+/// CPU seconds (user + system) the process has used so far.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The command name may contain spaces; fields resume after its closing parenthesis.
-    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    resound::procfs::sample_process(pid)
+        .expect("the server's /proc entry")
+        .cpu_s
 }
 
 /// One echo round trip: "served", or the server's rejection line.

@@ -246,7 +246,7 @@ impl Broadcast {
             // Gone for good: it will send nothing more.
             LinkState::Dead => {
                 if let Some(tl) = cx.timeline {
-                    close_schedule(cx, peer, tl.measure_until);
+                    cx.tally.close_schedule(&mut peer.pacer, tl.measure_until);
                 }
                 return w.done.store(true, Ordering::Release);
             }
@@ -267,7 +267,7 @@ impl Broadcast {
         };
         if !tl.sending(cx.now) {
             // This turn sends nothing and no later one will: every line is published.
-            close_schedule(cx, peer, tl.measure_until);
+            cx.tally.close_schedule(&mut peer.pacer, tl.measure_until);
             w.done.store(true, Ordering::Release);
         }
         let expected = shared.live.load(Ordering::Relaxed).saturating_sub(1) as u32;
@@ -318,16 +318,6 @@ impl Broadcast {
         }
         w.sent.store(peer.seq, Ordering::Relaxed);
         self.flush(cx, i);
-    }
-}
-
-/// The sender's schedule is over (the window closed, or its connection died): settle its
-/// account.
-fn close_schedule(cx: &mut Cx, peer: &mut Peer, until: Instant) {
-    if let Some(mut pacer) = peer.pacer.take() {
-        let (scheduled, skipped) = pacer.close(until);
-        cx.tally.scheduled += scheduled;
-        cx.tally.not_sent += skipped;
     }
 }
 
@@ -478,10 +468,6 @@ impl Driver for Broadcast {
         self.synced
     }
 
-    fn open_count(&self) -> u64 {
-        self.pool.open_count()
-    }
-
     fn in_flight(&self, cx: &Cx) -> u64 {
         // Every worker waits for every sender: its receivers must read until all lines are in.
         cx.shared.windows.iter().filter(|w| !w.finished()).count() as u64
@@ -521,7 +507,8 @@ impl Driver for Broadcast {
             let i = self.sender_links[k];
             let peer = &mut self.pool.links[i].st;
             if let Some(tl) = cx.timeline {
-                close_schedule(cx, peer, tl.measure_until.min(cx.now));
+                cx.tally
+                    .close_schedule(&mut peer.pacer, tl.measure_until.min(cx.now));
             }
             // Lines still queued here never reached the server: not sent, so not lost either.
             let unwritten = (peer.out.len() - peer.out_sent).div_ceil(self.size) as u64;

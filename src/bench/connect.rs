@@ -30,7 +30,8 @@ use super::worker::{Cx, Driver, WorkerResult};
 pub struct Probe {
     written: usize,
     read: usize,
-    /// How long the connect took (recorded when the cycle completes).
+    /// Connect mode: how long the connect took (the cycle's latency, recorded when it
+    /// completes).
     pub connect_latency: Duration,
     /// The probe has come back (or there is none).
     pub done: bool,
@@ -48,28 +49,21 @@ pub enum ProbeStatus {
 }
 
 impl Probe {
-    /// Write what is left of the probe and read what has come back, for link `i` of `pool`.
-    pub fn advance<S>(
-        pool: &mut Pool<S>,
-        i: usize,
-        cx: &mut Cx,
-        size: usize,
-        probe: impl Fn(&mut S) -> &mut Probe,
-    ) -> ProbeStatus {
-        let p = probe(&mut pool.links[i].st);
+    /// Write what is left of link `i`'s probe and read what has come back.
+    pub fn advance(pool: &mut Pool<Probe>, i: usize, cx: &mut Cx, size: usize) -> ProbeStatus {
+        let p = &pool.links[i].st;
         if p.written < size {
             let from = p.written;
             let bytes = cx.shared.pattern.slice(0, from as u64, size - from);
             match pool.write_some(i, bytes) {
-                Ok(n) => probe(&mut pool.links[i].st).written += n,
+                Ok(n) => pool.links[i].st.written += n,
                 Err(e) => return ProbeStatus::Failed(Fault::Closed(Hangup::Failed(e))),
             }
         }
-        if probe(&mut pool.links[i].st).read == size {
-            return Self::done(probe(&mut pool.links[i].st));
+        if pool.links[i].st.read == size {
+            return Self::done(&mut pool.links[i].st);
         }
-        let end = pool.read_all(cx, i, |cx, st, got| {
-            let p = probe(st);
+        let end = pool.read_all(cx, i, |cx, p, got| {
             if p.read + got.len() > p.written || !cx.shared.pattern.matches(0, p.read as u64, got) {
                 return ControlFlow::Break(());
             }
@@ -79,9 +73,7 @@ impl Probe {
         match end {
             ReadEnd::Stopped(()) => ProbeStatus::Failed(Fault::Corrupt),
             ReadEnd::Hangup(how) => ProbeStatus::Failed(Fault::Closed(how)),
-            ReadEnd::Drained if probe(&mut pool.links[i].st).read == size => {
-                Self::done(probe(&mut pool.links[i].st))
-            }
+            ReadEnd::Drained if pool.links[i].st.read == size => Self::done(&mut pool.links[i].st),
             ReadEnd::Drained => ProbeStatus::Pending,
         }
     }
@@ -171,17 +163,16 @@ impl Driver for Churn {
                     connect_latency: latency,
                     ..Probe::default()
                 };
-                Probe::advance(&mut self.pool, i, cx, size, |p| p)
+                Probe::advance(&mut self.pool, i, cx, size)
             }
-            LinkEvent::Ready { .. } => Probe::advance(&mut self.pool, i, cx, size, |p| p),
+            LinkEvent::Ready { .. } => Probe::advance(&mut self.pool, i, cx, size),
         };
         self.end_cycle(cx, i, status);
     }
 
     fn turn(&mut self, cx: &mut Cx) {
-        let connecting = self.in_flight(cx);
-        self.pool.expire_connects(cx, LinkState::Unopened);
-        for _ in self.in_flight(cx)..connecting {
+        let expired = self.pool.expire_connects(cx, LinkState::Unopened);
+        for _ in 0..expired {
             self.setup_cycle_ended(false); // timed out
         }
         if self.setup_pending.is_none() {
@@ -221,10 +212,6 @@ impl Driver for Churn {
 
     fn settled(&self) -> Option<u64> {
         (self.setup_pending == Some(0)).then_some(self.setup_ok)
-    }
-
-    fn open_count(&self) -> u64 {
-        self.pool.links.len() as u64
     }
 
     fn in_flight(&self, _cx: &Cx) -> u64 {

@@ -3,9 +3,8 @@
 //!
 //! `connect(2)` on a non-blocking socket returns `EINPROGRESS` at once; the socket becomes
 //! writable when the handshake finishes either way. Writable does not mean connected: the
-//! caller then asks `take_error()` (`SO_ERROR`: refused, unreachable...) and `peer_addr()`
-//! (`ENOTCONN` if the wake-up was spurious and the handshake is still going), which is the
-//! recipe mio documents for `TcpStream::connect`.
+//! caller then asks [`crate::tcp::connect_finished`] (`SO_ERROR`, then `peer_addr()`: the recipe
+//! mio documents for `TcpStream::connect`), as the bridge does for its own connections.
 //!
 //! **Source addresses.** A TCP connection is named by (source IP, source port, destination IP,
 //! destination port), and Linux hands out source ports from `ip_local_port_range` — 28 232 ports
@@ -115,20 +114,6 @@ impl Dialer {
             Err(e) => return Err(e),
         }
         Ok(TcpStream::from_std(socket.into()))
-    }
-}
-
-/// Has a connect finished? `Ok(true)`: connected; `Ok(false)`: still in progress (a spurious
-/// wake-up); `Err`: it failed, with the reason.
-pub fn connect_finished(stream: &TcpStream) -> io::Result<bool> {
-    if let Some(e) = stream.take_error()? {
-        return Err(e);
-    }
-    match stream.peer_addr() {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(false),
-        Err(e) => Err(e),
     }
 }
 

@@ -21,7 +21,7 @@ use mio::event::Event;
 
 use super::Plan;
 use super::dial::Dialer;
-use super::pacing::{BURST, Pacer};
+use super::pacing::{BURST, OpenLoop, Pacer};
 use super::payload::{MAX_CHUNK, phase_of};
 use super::pool::{Fault, Hangup, LinkEvent, LinkState, Pool, ReadEnd, connect_wake};
 use super::worker::{Cx, Driver, WorkerResult};
@@ -51,12 +51,10 @@ pub struct Echo {
     pool: Pool<Stream>,
     size: u64,
     pipeline: usize,
-    /// Open loop: this worker's schedule (set when the load starts).
+    /// Open loop: this worker's share of `--rate`, and its schedule (from the load's start).
     rate: Option<f64>,
-    pacer: Option<Pacer>,
+    open_loop: OpenLoop,
     connect_pacer: Option<Pacer>,
-    /// The next connection to give an open-loop message to.
-    round_robin: usize,
     started: bool,
     in_flight: u64,
 }
@@ -82,9 +80,8 @@ impl Echo {
             size: plan.size as u64,
             pipeline: plan.pipeline,
             rate,
-            pacer: None,
+            open_loop: OpenLoop::default(),
             connect_pacer,
-            round_robin: 0,
             started: false,
             in_flight: 0,
         }
@@ -190,36 +187,16 @@ impl Echo {
         self.pool.links[i].state == LinkState::Open
     }
 
-    /// The window is over (or nothing is left to send on): settle the schedule's account.
-    fn close_schedule(&mut self, cx: &mut Cx, until: Instant) {
-        if let Some(mut pacer) = self.pacer.take() {
-            let (scheduled, skipped) = pacer.close(until);
-            cx.tally.scheduled += scheduled;
-            cx.tally.not_sent += skipped;
-        }
-    }
-
-    /// Open loop: send what the schedule says is due, at most [`BURST`] per turn.
+    /// Open loop: send what the schedule says is due, at most [`BURST`] per turn, round robin
+    /// over the open connections.
     fn pace(&mut self, cx: &mut Cx) {
         let Some(tl) = cx.timeline else { return };
-        if !tl.sending(cx.now) {
-            return self.close_schedule(cx, tl.measure_until);
-        }
         let n = self.pool.links.len();
         for _ in 0..BURST {
-            let Some(at) = self.pacer.as_mut().and_then(|p| p.next_due(cx.now)) else {
+            let open = |i: usize| self.pool.links[i].state == LinkState::Open;
+            let Some((i, at)) = self.open_loop.next(cx.tally, &tl, cx.now, n, open) else {
                 return;
             };
-            // The next open connection, round robin. If none is open, this message and every
-            // later one cannot be sent (the failures are counted already).
-            let Some(i) = (0..n)
-                .map(|k| (self.round_robin + k) % n)
-                .find(|&i| self.is_open(i))
-            else {
-                cx.tally.not_sent += 1;
-                return self.close_schedule(cx, tl.measure_until);
-            };
-            self.round_robin = (i + 1) % n;
             self.issue(i, at);
             self.flush(cx, i);
         }
@@ -265,7 +242,9 @@ impl Driver for Echo {
         let Some(tl) = cx.timeline else { return };
         if !self.started {
             self.started = true;
-            self.pacer = self.rate.map(|r| Pacer::new(tl.start, r));
+            if let Some(rate) = self.rate {
+                self.open_loop.start(tl.start, rate);
+            }
             for i in 0..self.pool.links.len() {
                 if self.is_open(i) {
                     self.refill(cx, i);
@@ -280,17 +259,13 @@ impl Driver for Echo {
         self.pool.settled().then(|| self.pool.open_count())
     }
 
-    fn open_count(&self) -> u64 {
-        self.pool.open_count()
-    }
-
     fn in_flight(&self, _cx: &Cx) -> u64 {
         self.in_flight
     }
 
     fn wake_at(&self, _cx: &Cx) -> Option<Instant> {
-        let pacing = self.pacer.as_ref().map(|p| p.next_at());
-        pacing
+        self.open_loop
+            .next_at()
             .into_iter()
             .chain(connect_wake(&self.pool, &self.connect_pacer))
             .min()
@@ -298,7 +273,7 @@ impl Driver for Echo {
 
     fn finish(&mut self, cx: &mut Cx, result: &mut WorkerResult) {
         if let Some(tl) = cx.timeline {
-            self.close_schedule(cx, tl.measure_until.min(cx.now));
+            self.open_loop.close(cx.tally, tl.measure_until.min(cx.now));
         }
         // What is still in flight on a live connection: lost if the server had it whole.
         for link in &self.pool.links {

@@ -64,14 +64,13 @@ impl Driver for Idle {
             LinkEvent::ConnectFailed => {}
             LinkEvent::Connected(latency) => {
                 cx.tally.latency.record(latency);
-                self.pool.links[i].st.connect_latency = latency;
                 self.probing += 1;
-                let status = Probe::advance(&mut self.pool, i, cx, size, |p| p);
+                let status = Probe::advance(&mut self.pool, i, cx, size);
                 self.probe_result(cx, i, status);
             }
             LinkEvent::Ready { readable, .. } => {
                 if !self.pool.links[i].st.done {
-                    let status = Probe::advance(&mut self.pool, i, cx, size, |p| p);
+                    let status = Probe::advance(&mut self.pool, i, cx, size);
                     self.probe_result(cx, i, status);
                 } else if readable {
                     self.check_silent(cx, i);
@@ -87,10 +86,6 @@ impl Driver for Idle {
 
     fn settled(&self) -> Option<u64> {
         (self.pool.settled() && self.probing == 0).then(|| self.pool.open_count())
-    }
-
-    fn open_count(&self) -> u64 {
-        self.pool.open_count()
     }
 
     fn in_flight(&self, _cx: &Cx) -> u64 {

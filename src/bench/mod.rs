@@ -19,7 +19,9 @@
 //!
 //! What the rest of the crate, the tests and `benches/` use is `pub` here and documented:
 //! [`run`], [`Plan`], [`Mode`], [`Report`] and the types of its fields, [`BenchArgs`] and
-//! [`main`], and [`payload::Pattern`] (the tests' payloads). Everything else is `pub(crate)`.
+//! [`main`]; and three pure parts whole: [`payload`] (also the tests' payloads), [`histogram`]
+//! and [`line`](mod@line), whose hot paths `benches/micro.rs` measures. Every other module is private to
+//! `bench`.
 //!
 //! # A run
 //!
@@ -82,10 +84,10 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest `--pipeline` and `--window`: far more in flight than any server keeps up with,
 /// and small enough that their bookkeeping cannot exhaust memory.
-pub const MAX_IN_FLIGHT: usize = 1 << 20;
+const MAX_IN_FLIGHT: usize = 1 << 20;
 
 /// The highest `--rate` and `--connect-rate`, per second: a billion, far beyond one machine.
-pub const MAX_RATE: f64 = 1e9;
+const MAX_RATE: f64 = 1e9;
 
 /// What to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -394,19 +396,20 @@ pub fn run(plan: &Plan) -> io::Result<Report> {
     drop(msg_tx);
     let coordinator = Coordinator {
         plan,
+        started,
         messages: msg_rx,
         workers,
     };
     let outcome = coordinator.drive(&shared, setup_start, before);
     coordinator.stop_and_join();
-    let mut m = outcome?;
-    m.started = started;
-    Ok(Report::new(plan, m))
+    Ok(Report::new(plan, outcome?))
 }
 
 /// The coordinator's side of the run: the workers' channels, and the run's three phases.
 struct Coordinator<'a> {
     plan: &'a Plan,
+    /// When the run started (wall clock, for the report).
+    started: SystemTime,
     messages: mpsc::Receiver<Message>,
     workers: Vec<(
         mpsc::Sender<Command>,
@@ -566,7 +569,7 @@ impl Coordinator<'_> {
             end: at_end,
             usage,
             series: progress.series,
-            started: SystemTime::now(),
+            started: self.started,
             server_children: plan.pid.and_then(crate::procfs::child_count),
         })
     }

@@ -1,4 +1,5 @@
-//! Time in a run: its phases ([`Timeline`]) and the open-loop send schedule ([`Pacer`]).
+//! Time in a run: its phases ([`Timeline`]) and the open-loop send schedule ([`Pacer`]; and
+//! [`OpenLoop`], which deals it out round robin over a driver's sockets).
 //!
 //! **Coordinated omission.** A closed-loop load generator sends the next message only when the
 //! previous one returns, so when the server stalls for 100 ms the generator stalls too and records
@@ -16,6 +17,8 @@
 //! Pure: the caller passes `now` in.
 
 use std::time::{Duration, Instant};
+
+use super::tally::Tally;
 
 /// The phases of a run, decided once by the coordinator and shared by every worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,6 +191,64 @@ impl Pacer {
     }
 }
 
+/// An open-loop sender's side of the schedule, shared by the modes that spread one schedule
+/// over their sockets (echo, udp): the [`Pacer`], and which socket gets the next operation,
+/// round robin.
+#[derive(Debug, Default)]
+pub struct OpenLoop {
+    /// Set when the load starts; taken when the schedule is settled ([`Tally::close_schedule`]).
+    pacer: Option<Pacer>,
+    /// The socket to try first for the next operation.
+    round_robin: usize,
+}
+
+impl OpenLoop {
+    /// The load starts: `rate` operations per second from `start` on.
+    pub fn start(&mut self, start: Instant, rate: f64) {
+        self.pacer = Some(Pacer::new(start, rate));
+    }
+
+    /// The next operation due by `now`, and the socket to send it on: the first of the
+    /// `sockets` from the round-robin position on that is `usable`. `None` when there is
+    /// nothing more to send this turn: nothing is due yet; or the window is over (the schedule
+    /// is settled); or no socket is usable — then this operation and every later one cannot be
+    /// sent (the sockets' failures are counted already): never sent, and the schedule settled.
+    pub fn next(
+        &mut self,
+        tally: &mut Tally,
+        tl: &Timeline,
+        now: Instant,
+        sockets: usize,
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<(usize, Instant)> {
+        if !tl.sending(now) {
+            tally.close_schedule(&mut self.pacer, tl.measure_until);
+            return None;
+        }
+        let at = self.pacer.as_mut()?.next_due(now)?;
+        let Some(i) = (0..sockets)
+            .map(|k| (self.round_robin + k) % sockets)
+            .find(|&i| usable(i))
+        else {
+            tally.not_sent += 1;
+            tally.close_schedule(&mut self.pacer, tl.measure_until);
+            return None;
+        };
+        self.round_robin = (i + 1) % sockets;
+        Some((i, at))
+    }
+
+    /// The run is over: settle the schedule up to `until` if the window did not already.
+    pub fn close(&mut self, tally: &mut Tally, until: Instant) {
+        tally.close_schedule(&mut self.pacer, until);
+    }
+
+    /// When the next operation is due, while the schedule runs (for the poll timeout).
+    pub fn next_at(&self) -> Option<Instant> {
+        self.pacer.as_ref().map(Pacer::next_at)
+    }
+}
+
 /// One of `n` equal parts of a total rate; fractional, so 10 msgs/s over 3 workers is 3.33/s each
 /// and the parts add up to the total.
 pub fn share(total: f64, n: usize) -> f64 {
@@ -271,6 +332,54 @@ mod tests {
         assert_eq!(p.next_due(t0 + ms(1200)), None); // op 2 (1000 ms) is 200 ms late: skipped
         assert_eq!(p.skipped(), 1);
         assert_eq!(p.next_at(), t0 + ms(1500));
+    }
+
+    #[test]
+    fn test_open_loop_goes_round_robin_over_usable_sockets() {
+        let t0 = Instant::now();
+        let tl = Timeline::new(t0, ms(0), ms(1000), ms(0));
+        let mut tally = Tally::default();
+        let mut ol = OpenLoop::default();
+        // Before the load starts there is no schedule.
+        assert_eq!(ol.next(&mut tally, &tl, t0, 3, |_| true), None);
+        ol.start(t0, 1000.0); // every 1 ms
+        let now = t0 + ms(4);
+        let usable = |i: usize| i != 1; // socket 1 failed
+        let picks: Vec<usize> = std::iter::from_fn(|| ol.next(&mut tally, &tl, now, 3, usable))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(picks, [0, 2, 0, 2, 0]);
+        assert_eq!(ol.next_at(), Some(t0 + ms(5)));
+        assert_eq!((tally.scheduled, tally.not_sent), (0, 0));
+    }
+
+    #[test]
+    fn test_open_loop_with_no_usable_socket_gives_up_the_rest_of_the_schedule() {
+        let t0 = Instant::now();
+        let tl = Timeline::new(t0, ms(0), ms(1000), ms(0));
+        let mut tally = Tally::default();
+        let mut ol = OpenLoop::default();
+        ol.start(t0, 1000.0);
+        assert!(ol.next(&mut tally, &tl, t0 + ms(1), 2, |_| true).is_some());
+        // Every socket is gone at 10 ms: the operation taken is never sent, nor is any later.
+        assert_eq!(ol.next(&mut tally, &tl, t0 + ms(10), 2, |_| false), None);
+        assert_eq!((tally.scheduled, tally.not_sent), (1000, 999));
+        assert_eq!(ol.next_at(), None);
+        // The end of the run settles nothing twice.
+        ol.close(&mut tally, t0 + ms(1000));
+        assert_eq!((tally.scheduled, tally.not_sent), (1000, 999));
+    }
+
+    #[test]
+    fn test_open_loop_settles_its_schedule_when_the_window_closes() {
+        let t0 = Instant::now();
+        let tl = Timeline::new(t0, ms(0), ms(10), ms(100));
+        let mut tally = Tally::default();
+        let mut ol = OpenLoop::default();
+        ol.start(t0, 1000.0);
+        assert!(ol.next(&mut tally, &tl, t0, 1, |_| true).is_some());
+        assert_eq!(ol.next(&mut tally, &tl, t0 + ms(20), 1, |_| true), None);
+        assert_eq!((tally.scheduled, tally.not_sent), (10, 9));
     }
 
     #[test]

@@ -22,10 +22,11 @@ use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::dial::{Dialer, connect_finished};
+use super::dial::Dialer;
 use super::pacing::Pacer;
 use super::tally::CauseKind;
 use super::worker::Cx;
+use crate::tcp::connect_finished;
 
 /// Connects in progress at once per worker during setup: enough to open thousands of
 /// connections a second, few enough not to overflow the server's accept backlog.
@@ -167,7 +168,7 @@ impl<S> Pool<S> {
     /// Setup: open links in order, at most [`MAX_CONNECTING`] in progress at once, and no faster
     /// than `pacer` (`--connect-rate`) if there is one.
     pub fn open_initial(&mut self, cx: &mut Cx, mut pacer: Option<&mut Pacer>) {
-        while self.next_unopened < self.links.len() && self.connecting < MAX_CONNECTING {
+        while self.can_open_more() {
             if let Some(p) = pacer.as_deref_mut()
                 && p.next_due(cx.now).is_none()
             {
@@ -244,11 +245,12 @@ impl<S> Pool<S> {
     }
 
     /// Count and close the connects that have been in progress for longer than
-    /// [`CONNECT_TIMEOUT`]; `then` is the state they are left in.
-    pub fn expire_connects(&mut self, cx: &mut Cx, then: LinkState) {
+    /// [`CONNECT_TIMEOUT`]; `then` is the state they are left in. How many there were.
+    pub fn expire_connects(&mut self, cx: &mut Cx, then: LinkState) -> usize {
         if self.connecting == 0 {
-            return;
+            return 0;
         }
+        let mut expired = 0;
         for i in 0..self.links.len() {
             if let LinkState::Connecting(since) = self.links[i].state
                 && cx.now.saturating_duration_since(since) > CONNECT_TIMEOUT
@@ -260,8 +262,10 @@ impl<S> Pool<S> {
                     .causes
                     .count(CauseKind::Connect, target, Some(&timed_out));
                 self.close(i, then);
+                expired += 1;
             }
         }
+        expired
     }
 
     /// Read link `i` until the socket would block, handing each chunk read to `handle` with the

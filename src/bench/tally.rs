@@ -5,8 +5,7 @@
 //! datagram, a line delivery) is completed, or lost (sent whole, never answered, on a connection
 //! that stayed up), or corrupt, or abandoned (in flight on a connection that failed: the failure
 //! is the one error, its operations are not counted again as lost), or never sent (the schedule
-//! wanted it but the generator could not put it on the wire: its own shortfall, not the
-//! server's).
+//! or the pipeline wanted it but it never went on the wire whole: not counted as lost).
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,7 +13,7 @@ use std::ops::AddAssign;
 use std::time::{Duration, Instant};
 
 use super::histogram::Latency;
-use super::pacing::Timeline;
+use super::pacing::{Pacer, Timeline};
 
 /// Errors by kind. Every one of these is a failure: the run exits non-zero if any is counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -202,8 +201,11 @@ pub struct Tally {
     pub sent_total: u64,
     /// Open loop: operations the schedule called for (up to the end of the window).
     pub scheduled: u64,
-    /// Open loop: of those, the ones never sent: the generator fell too far behind its schedule,
-    /// or could not write them before the end. Not an error of the server.
+    /// Operations never sent whole, in either loop. Open loop: of those scheduled, the ones the
+    /// generator gave up (too far behind its schedule, its own UDP socket buffer full, or no
+    /// socket left to send on). Both loops: operations issued but still unwritten, whole or in
+    /// part, when their connection failed or the run ended (a server that stopped reading
+    /// never took them). Not an error in itself.
     pub not_sent: u64,
     /// Operations in flight on a connection that failed: counted with that failure, not as lost.
     pub abandoned: u64,
@@ -245,6 +247,17 @@ impl Tally {
             if tl.counts(now) {
                 self.sent += n;
             }
+        }
+    }
+
+    /// An open-loop schedule is over (the window closed, or nothing is left to send on): take
+    /// `pacer` and settle its account — every operation it called for is scheduled, those it
+    /// gave up are never sent. A schedule already settled (or none) adds nothing.
+    pub fn close_schedule(&mut self, pacer: &mut Option<Pacer>, until: Instant) {
+        if let Some(mut pacer) = pacer.take() {
+            let (scheduled, skipped) = pacer.close(until);
+            self.scheduled += scheduled;
+            self.not_sent += skipped;
         }
     }
 
@@ -290,6 +303,25 @@ mod tests {
         t.count_sent(1, Some(&tl), t0 + ms(50));
         t.count_sent(2, Some(&tl), t0 + ms(150));
         assert_eq!((t.sent, t.sent_total), (2, 3));
+    }
+
+    #[test]
+    fn test_a_schedule_is_settled_once() {
+        let t0 = Instant::now();
+        let mut pacer = Some(Pacer::new(t0, 1000.0)); // every 1 ms
+        let taken = std::iter::from_fn(|| {
+            pacer
+                .as_mut()
+                .unwrap()
+                .next_due(t0 + Duration::from_millis(4))
+        });
+        assert_eq!(taken.count(), 5);
+        let mut t = Tally::default();
+        t.close_schedule(&mut pacer, t0 + Duration::from_millis(10));
+        assert_eq!((t.scheduled, t.not_sent), (10, 5));
+        assert!(pacer.is_none());
+        t.close_schedule(&mut pacer, t0 + Duration::from_millis(20));
+        assert_eq!((t.scheduled, t.not_sent), (10, 5));
     }
 
     #[test]

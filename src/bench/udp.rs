@@ -35,7 +35,7 @@ use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 
 use super::Plan;
-use super::pacing::{BURST, Pacer};
+use super::pacing::{BURST, OpenLoop};
 use super::payload::{check_datagram, fill_datagram};
 use super::tally::CauseKind;
 use super::worker::{Cx, Driver, WorkerResult};
@@ -99,11 +99,14 @@ pub struct Udp {
     canaries: Vec<Option<Canary>>,
     size: usize,
     pipeline: usize,
+    /// Open loop: this worker's share of `--rate`, and its schedule (from the load's start).
     rate: Option<f64>,
-    pacer: Option<Pacer>,
-    round_robin: usize,
+    open_loop: OpenLoop,
     /// Setup: when the probes are given up (`None` before they start).
     probe_deadline: Option<Instant>,
+    /// Setup: sockets whose probe is neither answered nor given up yet. Counted down where a
+    /// probe ends, so that once setup is over no turn or wake-up looks at the probes again.
+    probes_pending: usize,
     /// Setup: when the canaries last sent.
     canary_sent: Option<Instant>,
     started: bool,
@@ -184,13 +187,13 @@ impl Udp {
             }
         }
         Ok(Udp {
+            probes_pending: socks.len(),
             socks,
             canaries,
             size: plan.size,
             pipeline: plan.pipeline,
             rate,
-            pacer: None,
-            round_robin: 0,
+            open_loop: OpenLoop::default(),
             probe_deadline: None,
             canary_sent: None,
             started: false,
@@ -284,6 +287,7 @@ impl Udp {
             if seq == PROBE_SEQ {
                 if matches!(sock.probe, Probe::Waiting(_)) {
                     sock.probe = Probe::Answered;
+                    self.probes_pending -= 1;
                 }
                 continue; // a probe's reply (or a late copy of one): not part of the run
             }
@@ -323,6 +327,7 @@ impl Udp {
                 for sock in self.socks.iter_mut().filter(|s| s.target == target) {
                     if matches!(sock.probe, Probe::Waiting(_) | Probe::Unsent) {
                         sock.probe = Probe::Failed;
+                        self.probes_pending -= 1;
                         cx.tally.errors.connect += 1;
                         cx.tally.causes.count(CauseKind::Connect, target, Some(&e));
                     }
@@ -345,6 +350,7 @@ impl Udp {
                 Probe::Waiting(_) | Probe::Unsent if cx.now >= deadline => {
                     // No reply in time: the server is not there, or answers nobody.
                     self.socks[k].probe = Probe::Failed;
+                    self.probes_pending -= 1;
                     cx.tally.errors.timeouts += 1;
                     let timed_out = io::Error::from_raw_os_error(libc::ETIMEDOUT);
                     let target = self.socks[k].target;
@@ -362,6 +368,7 @@ impl Udp {
                 Err(e) => {
                     // A refusal will not change by trying again: count it, name it, move on.
                     self.socks[k].probe = Probe::Failed;
+                    self.probes_pending -= 1;
                     cx.tally.errors.send += 1;
                     let target = self.socks[k].target;
                     cx.tally.causes.count(CauseKind::Send, target, Some(&e));
@@ -378,10 +385,25 @@ impl Udp {
         }
     }
 
-    fn probing(&self) -> bool {
+    /// Sockets whose probe the server answered: the sockets the run uses.
+    fn answered(&self) -> u64 {
         self.socks
             .iter()
-            .any(|s| matches!(s.probe, Probe::Waiting(_) | Probe::Unsent))
+            .filter(|s| s.probe == Probe::Answered)
+            .count() as u64
+    }
+
+    /// Setup: when the next probe is due to be sent again or given up.
+    fn next_probe_at(&self, now: Instant) -> Option<Instant> {
+        self.socks
+            .iter()
+            .filter_map(|s| match s.probe {
+                Probe::Waiting(last) => Some(last + PROBE_EVERY),
+                Probe::Unsent => Some(now),
+                Probe::Answered | Probe::Failed => None,
+            })
+            .min()
+            .map(|t| t.min(self.probe_deadline.unwrap_or(t)))
     }
 
     /// Count datagrams unanswered for [`LOSS_TIMEOUT`] as lost.
@@ -410,34 +432,16 @@ impl Udp {
         cx.tally.errors.lost += n - placed;
     }
 
-    /// The window is over: settle the schedule's account.
-    fn close_schedule(&mut self, cx: &mut Cx, until: Instant) {
-        if let Some(mut pacer) = self.pacer.take() {
-            let (scheduled, skipped) = pacer.close(until);
-            cx.tally.scheduled += scheduled;
-            cx.tally.not_sent += skipped;
-        }
-    }
-
-    /// Open loop: send what the schedule says is due, round robin over the answered sockets.
+    /// Open loop: send what the schedule says is due, at most [`BURST`] per turn, round robin
+    /// over the answered sockets.
     fn pace(&mut self, cx: &mut Cx) {
         let Some(tl) = cx.timeline else { return };
-        if !tl.sending(cx.now) {
-            return self.close_schedule(cx, tl.measure_until);
-        }
         let n = self.socks.len();
         for _ in 0..BURST {
-            let Some(at) = self.pacer.as_mut().and_then(|p| p.next_due(cx.now)) else {
+            let answered = |k: usize| self.socks[k].probe == Probe::Answered;
+            let Some((k, at)) = self.open_loop.next(cx.tally, &tl, cx.now, n, answered) else {
                 return;
             };
-            let Some(k) = (0..n)
-                .map(|j| (self.round_robin + j) % n)
-                .find(|&k| self.socks[k].probe == Probe::Answered)
-            else {
-                cx.tally.not_sent += 1;
-                return self.close_schedule(cx, tl.measure_until);
-            };
-            self.round_robin = (k + 1) % n;
             let seq = self.socks[k].next_seq;
             if !self.send(cx, k, at) && self.socks[k].next_seq == seq {
                 // Our own socket buffer is full: this datagram is dropped here, as a UDP
@@ -460,16 +464,19 @@ impl Driver for Udp {
     }
 
     fn turn(&mut self, cx: &mut Cx) {
-        if self.probe_deadline.is_none() || self.probing() {
+        if self.probes_pending > 0 {
             self.probe(cx);
         }
-        if !self.probing() {
+        if self.probes_pending == 0 {
+            // Every probe has ended: the canaries have nothing left to tell.
             self.canaries.clear();
         }
         let Some(tl) = cx.timeline else { return };
         if !self.started {
             self.started = true;
-            self.pacer = self.rate.map(|r| Pacer::new(tl.start, r));
+            if let Some(rate) = self.rate {
+                self.open_loop.start(tl.start, rate);
+            }
             for k in 0..self.socks.len() {
                 self.refill(cx, k);
             }
@@ -485,19 +492,15 @@ impl Driver for Udp {
     }
 
     fn settled(&self) -> Option<u64> {
-        (self.probe_deadline.is_some() && !self.probing()).then(|| {
+        debug_assert_eq!(
+            self.probes_pending,
             self.socks
                 .iter()
-                .filter(|s| s.probe == Probe::Answered)
-                .count() as u64
-        })
-    }
-
-    fn open_count(&self) -> u64 {
-        self.socks
-            .iter()
-            .filter(|s| s.probe == Probe::Answered)
-            .count() as u64
+                .filter(|s| matches!(s.probe, Probe::Waiting(_) | Probe::Unsent))
+                .count(),
+            "every probe that ended was counted down"
+        );
+        (self.probes_pending == 0).then(|| self.answered())
     }
 
     fn in_flight(&self, _cx: &Cx) -> u64 {
@@ -505,30 +508,25 @@ impl Driver for Udp {
     }
 
     fn wake_at(&self, cx: &Cx) -> Option<Instant> {
-        let pacing = self.pacer.as_ref().map(|p| p.next_at());
+        let pacing = self.open_loop.next_at();
         // While datagrams are in flight, look for losses every 10 ms.
         let scan = (self.in_flight > 0).then(|| cx.now + Duration::from_millis(10));
-        // While probing, resend or give up on time.
-        let probe = self
-            .socks
-            .iter()
-            .filter_map(|s| match s.probe {
-                Probe::Waiting(last) => Some(last + PROBE_EVERY),
-                Probe::Unsent => Some(cx.now),
-                _ => None,
-            })
-            .min()
-            .map(|t| t.min(self.probe_deadline.unwrap_or(t)));
+        // While probing (setup only), resend or give up on time.
+        let probe = if self.probes_pending > 0 {
+            self.next_probe_at(cx.now)
+        } else {
+            None
+        };
         pacing.into_iter().chain(scan).chain(probe).min()
     }
 
     fn finish(&mut self, cx: &mut Cx, result: &mut WorkerResult) {
         if let Some(tl) = cx.timeline {
-            self.close_schedule(cx, tl.measure_until.min(cx.now));
+            self.open_loop.close(cx.tally, tl.measure_until.min(cx.now));
         }
         let n = self.in_flight;
         self.count_lost(cx, n);
-        result.open = self.open_count();
+        result.open = self.answered();
     }
 }
 

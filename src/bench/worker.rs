@@ -128,8 +128,6 @@ pub trait Driver {
     fn synced(&self) -> u64 {
         0
     }
-    /// Sockets open now.
-    fn open_count(&self) -> u64;
     /// Operations started and not yet completed; the drain waits for 0.
     fn in_flight(&self, cx: &Cx) -> u64;
     /// The next instant the driver needs a turn even without events (pacing).
