@@ -347,6 +347,10 @@ struct Receiving {
     hasher: Hasher,
 }
 
+/// The transfer machine's own interface, in the sans-IO manner of quinn-proto: inputs are
+/// `handle_*` (bytes, EOF, a timer), each with `now`, each answering with an [`Outcome`]; when
+/// to be woken next is [`Transfer::poll_deadline`]. No socket, no clock. The [`Service`]
+/// implementation below is the only caller besides the tests.
 impl Transfer {
     /// A connection that just arrived: waiting for its header.
     pub fn new(now: Instant) -> Transfer {
@@ -363,7 +367,7 @@ impl Transfer {
     }
 
     /// Bytes arrived.
-    pub fn on_input(
+    pub fn handle_input(
         &mut self,
         data: &[u8],
         now: Instant,
@@ -413,7 +417,7 @@ impl Transfer {
     }
 
     /// The sender's FIN.
-    pub fn on_eof(&mut self) -> Outcome {
+    pub fn handle_eof(&mut self) -> Outcome {
         match std::mem::replace(&mut self.stage, Stage::Over) {
             Stage::Header(buf) if buf.is_empty() => Outcome::Continue,
             Stage::Header(_) => Outcome::Refuse("incomplete header".into()),
@@ -444,8 +448,9 @@ impl Transfer {
         }
     }
 
-    /// A deadline from [`Transfer::deadline`] passed.
-    pub fn on_timer(&mut self, now: Instant, store: &mut Store, limits: &Limits) -> Outcome {
+    /// A timer fired. Called early (a spurious wake-up, a deadline that moved), it does
+    /// nothing: every rule below checks its own time.
+    pub fn handle_timer(&mut self, now: Instant, store: &mut Store, limits: &Limits) -> Outcome {
         match &self.stage {
             Stage::Header(buf) => {
                 let expired = now >= self.started + limits.header_timeout;
@@ -468,8 +473,8 @@ impl Transfer {
         }
     }
 
-    /// When [`Transfer::on_timer`] should next be called.
-    pub fn deadline(&self, limits: &Limits) -> Option<Instant> {
+    /// When [`Transfer::handle_timer`] should next be called.
+    pub fn poll_deadline(&self, limits: &Limits) -> Option<Instant> {
         match &self.stage {
             Stage::Header(buf) => {
                 let header = self.started + limits.header_timeout;
@@ -558,29 +563,26 @@ impl Service for Transfer {
         let Some(store) = cx.shared.store.as_mut() else {
             return; // no files listener, so no files connection
         };
-        let outcome = Transfer::on_input(self, data, cx.now, store, &cx.shared.file_limits);
+        let outcome = self.handle_input(data, cx.now, store, &cx.shared.file_limits);
         carry_out(outcome, cx);
     }
 
     fn on_eof(&mut self, cx: &mut Cx<'_>) {
-        let outcome = Transfer::on_eof(self);
+        let outcome = self.handle_eof();
         carry_out(outcome, cx);
     }
 
     fn on_timer(&mut self, cx: &mut Cx<'_>) {
-        let limits = cx.shared.file_limits;
-        if Transfer::deadline(self, &limits).is_none_or(|d| d > cx.now) {
-            return;
-        }
+        // No deadline check here: before its deadline `handle_timer` answers `Continue`.
         let Some(store) = cx.shared.store.as_mut() else {
             return;
         };
-        let outcome = Transfer::on_timer(self, cx.now, store, &limits);
+        let outcome = self.handle_timer(cx.now, store, &cx.shared.file_limits);
         carry_out(outcome, cx);
     }
 
     fn deadline(&self, shared: &Shared) -> Option<Instant> {
-        Transfer::deadline(self, &shared.file_limits)
+        self.poll_deadline(&shared.file_limits)
     }
 
     fn on_stop(&self) -> OnStop {
@@ -900,18 +902,18 @@ mod tests {
         let (dir, mut store, t0) = setup("xfer-framed");
         let mut t = Transfer::new(t0);
         assert_eq!(
-            t.on_input(b"5 hi.txt\n", t0, &mut store, &LIMITS),
+            t.handle_input(b"5 hi.txt\n", t0, &mut store, &LIMITS),
             Outcome::Reply(OK)
         );
         assert_eq!(
-            t.on_input(b"hel", t0, &mut store, &LIMITS),
+            t.handle_input(b"hel", t0, &mut store, &LIMITS),
             Outcome::Continue
         );
         assert_eq!(
-            t.on_input(b"lo", t0, &mut store, &LIMITS),
+            t.handle_input(b"lo", t0, &mut store, &LIMITS),
             Outcome::Continue
         );
-        let Outcome::Done { line, bytes, .. } = t.on_eof() else {
+        let Outcome::Done { line, bytes, .. } = t.handle_eof() else {
             panic!("not done")
         };
         assert_eq!(bytes, 5);
@@ -931,8 +933,8 @@ mod tests {
             ..LIMITS
         };
         let mut t = Transfer::new(t0);
-        t.on_input(b"5 hi.txt\nhello", t0, &mut store, &limits);
-        let Outcome::Done { line, .. } = t.on_eof() else {
+        t.handle_input(b"5 hi.txt\nhello", t0, &mut store, &limits);
+        let Outcome::Done { line, .. } = t.handle_eof() else {
             panic!("not done")
         };
         // `printf hello | sha256sum`
@@ -950,10 +952,10 @@ mod tests {
         let pause = MAYBE_FRAMED_SILENCE - Duration::from_millis(1);
         for (i, b) in header.iter().enumerate() {
             let later = t0 + pause * i as u32; // long pauses between bytes
-            let out = t.on_input(&[*b], later, &mut store, &LIMITS);
+            let out = t.handle_input(&[*b], later, &mut store, &LIMITS);
             // Silence short of a second never makes a partial framed header a seed name.
             assert_eq!(
-                t.on_timer(later + pause, &mut store, &LIMITS),
+                t.handle_timer(later + pause, &mut store, &LIMITS),
                 Outcome::Continue
             );
             if i + 1 < header.len() {
@@ -962,8 +964,8 @@ mod tests {
                 assert_eq!(out, Outcome::Reply(OK));
             }
         }
-        t.on_input(b"xyz", t0, &mut store, &LIMITS);
-        assert!(matches!(t.on_eof(), Outcome::Done { bytes: 3, .. }));
+        t.handle_input(b"xyz", t0, &mut store, &LIMITS);
+        assert!(matches!(t.handle_eof(), Outcome::Done { bytes: 3, .. }));
         assert_eq!(fs::read(dir.0.join("abc")).unwrap(), b"xyz");
     }
 
@@ -972,20 +974,20 @@ mod tests {
         let (dir, mut store, t0) = setup("xfer-seed");
         let mut t = Transfer::new(t0);
         assert_eq!(
-            t.on_input(b"notes.txt", t0, &mut store, &LIMITS),
+            t.handle_input(b"notes.txt", t0, &mut store, &LIMITS),
             Outcome::Continue
         );
-        assert_eq!(t.deadline(&LIMITS), Some(t0 + SEED_SILENCE));
+        assert_eq!(t.poll_deadline(&LIMITS), Some(t0 + SEED_SILENCE));
         assert_eq!(
-            t.on_timer(t0 + SEED_SILENCE / 2, &mut store, &LIMITS),
+            t.handle_timer(t0 + SEED_SILENCE / 2, &mut store, &LIMITS),
             Outcome::Continue
         );
         assert_eq!(
-            t.on_timer(t0 + SEED_SILENCE, &mut store, &LIMITS),
+            t.handle_timer(t0 + SEED_SILENCE, &mut store, &LIMITS),
             Outcome::Reply(OK)
         );
-        t.on_input(b"line one\n", t0, &mut store, &LIMITS);
-        assert!(matches!(t.on_eof(), Outcome::Done { bytes: 9, .. }));
+        t.handle_input(b"line one\n", t0, &mut store, &LIMITS);
+        assert!(matches!(t.handle_eof(), Outcome::Done { bytes: 9, .. }));
         assert_eq!(fs::read(dir.0.join("notes.txt")).unwrap(), b"line one\n");
     }
 
@@ -993,15 +995,18 @@ mod tests {
     fn test_seed_name_that_looks_like_a_header_waits_one_second_of_silence() {
         let (dir, mut store, t0) = setup("xfer-seed-digits");
         let mut t = Transfer::new(t0);
-        t.on_input(b"2024 notes", t0, &mut store, &LIMITS);
+        t.handle_input(b"2024 notes", t0, &mut store, &LIMITS);
         let quiet = t0 + MAYBE_FRAMED_SILENCE;
-        assert_eq!(t.deadline(&LIMITS), Some(quiet));
+        assert_eq!(t.poll_deadline(&LIMITS), Some(quiet));
         assert_eq!(
-            t.on_timer(quiet - Duration::from_millis(1), &mut store, &LIMITS),
+            t.handle_timer(quiet - Duration::from_millis(1), &mut store, &LIMITS),
             Outcome::Continue
         );
-        assert_eq!(t.on_timer(quiet, &mut store, &LIMITS), Outcome::Reply(OK));
-        assert!(matches!(t.on_eof(), Outcome::Done { bytes: 0, .. }));
+        assert_eq!(
+            t.handle_timer(quiet, &mut store, &LIMITS),
+            Outcome::Reply(OK)
+        );
+        assert!(matches!(t.handle_eof(), Outcome::Done { bytes: 0, .. }));
         assert!(dir.0.join("2024 notes").exists());
     }
 
@@ -1009,19 +1014,19 @@ mod tests {
     fn test_silence_counts_from_the_last_byte() {
         let (dir, mut store, t0) = setup("xfer-seed-digits-late");
         let mut t = Transfer::new(t0);
-        t.on_input(b"2024", t0, &mut store, &LIMITS);
+        t.handle_input(b"2024", t0, &mut store, &LIMITS);
         let later = t0 + Duration::from_millis(900);
-        t.on_input(b" notes", later, &mut store, &LIMITS);
-        assert_eq!(t.deadline(&LIMITS), Some(later + MAYBE_FRAMED_SILENCE));
+        t.handle_input(b" notes", later, &mut store, &LIMITS);
+        assert_eq!(t.poll_deadline(&LIMITS), Some(later + MAYBE_FRAMED_SILENCE));
         assert_eq!(
-            t.on_timer(t0 + MAYBE_FRAMED_SILENCE, &mut store, &LIMITS),
+            t.handle_timer(t0 + MAYBE_FRAMED_SILENCE, &mut store, &LIMITS),
             Outcome::Continue
         );
         assert_eq!(
-            t.on_timer(later + MAYBE_FRAMED_SILENCE, &mut store, &LIMITS),
+            t.handle_timer(later + MAYBE_FRAMED_SILENCE, &mut store, &LIMITS),
             Outcome::Reply(OK)
         );
-        assert!(matches!(t.on_eof(), Outcome::Done { bytes: 0, .. }));
+        assert!(matches!(t.handle_eof(), Outcome::Done { bytes: 0, .. }));
         assert!(dir.0.join("2024 notes").exists());
     }
 
@@ -1033,11 +1038,14 @@ mod tests {
             ..LIMITS
         };
         let mut t = Transfer::new(t0);
-        t.on_input(b"123", t0, &mut store, &limits);
+        t.handle_input(b"123", t0, &mut store, &limits);
         let expiry = t0 + limits.header_timeout;
-        assert_eq!(t.deadline(&limits), Some(expiry));
-        assert_eq!(t.on_timer(expiry, &mut store, &limits), Outcome::Reply(OK));
-        assert!(matches!(t.on_eof(), Outcome::Done { bytes: 0, .. }));
+        assert_eq!(t.poll_deadline(&limits), Some(expiry));
+        assert_eq!(
+            t.handle_timer(expiry, &mut store, &limits),
+            Outcome::Reply(OK)
+        );
+        assert!(matches!(t.handle_eof(), Outcome::Done { bytes: 0, .. }));
         assert!(dir.0.join("123").exists());
     }
 
@@ -1047,12 +1055,12 @@ mod tests {
         let mut t = Transfer::new(t0);
         // The nc habit: name, newline and content in one go, no waiting for "ok".
         assert_eq!(
-            t.on_input(b"notes.txt\nfirst ", t0, &mut store, &LIMITS),
+            t.handle_input(b"notes.txt\nfirst ", t0, &mut store, &LIMITS),
             Outcome::Reply(OK)
         );
-        assert_eq!(t.deadline(&LIMITS), Some(t0 + LIMITS.transfer_timeout));
-        t.on_input(b"line\n", t0, &mut store, &LIMITS);
-        let Outcome::Done { line, bytes, name } = t.on_eof() else {
+        assert_eq!(t.poll_deadline(&LIMITS), Some(t0 + LIMITS.transfer_timeout));
+        t.handle_input(b"line\n", t0, &mut store, &LIMITS);
+        let Outcome::Done { line, bytes, name } = t.handle_eof() else {
             panic!("not done")
         };
         assert_eq!((bytes, name.as_str()), (11, "notes.txt"));
@@ -1068,15 +1076,15 @@ mod tests {
         let (dir, mut store, t0) = setup("xfer-name-line-limit");
         let mut t = Transfer::new(t0);
         assert_eq!(
-            t.on_input(b"big\n", t0, &mut store, &LIMITS),
+            t.handle_input(b"big\n", t0, &mut store, &LIMITS),
             Outcome::Reply(OK)
         );
         assert_eq!(
-            t.on_input(&[0; 1000], t0, &mut store, &LIMITS),
+            t.handle_input(&[0; 1000], t0, &mut store, &LIMITS),
             Outcome::Continue
         );
         assert!(matches!(
-            t.on_input(&[0; 1], t0, &mut store, &LIMITS),
+            t.handle_input(&[0; 1], t0, &mut store, &LIMITS),
             Outcome::Refuse(_)
         ));
         // Over the limit in the very first read too.
@@ -1084,7 +1092,7 @@ mod tests {
         let mut first = b"big2\n".to_vec();
         first.extend_from_slice(&[0; 1001]);
         assert!(matches!(
-            t.on_input(&first, t0, &mut store, &LIMITS),
+            t.handle_input(&first, t0, &mut store, &LIMITS),
             Outcome::Refuse(_)
         ));
         assert!(names_in(&dir.0).is_empty());
@@ -1098,19 +1106,19 @@ mod tests {
         let step = Duration::from_millis(50);
         let mut now = t0;
         while now < t0 + LIMITS.header_timeout {
-            assert_eq!(t.on_timer(now, &mut store, &LIMITS), Outcome::Continue);
-            t.on_input(b"1", now, &mut store, &LIMITS);
+            assert_eq!(t.handle_timer(now, &mut store, &LIMITS), Outcome::Continue);
+            t.handle_input(b"1", now, &mut store, &LIMITS);
             now += step;
         }
         // The last byte came 50 ms ago: not silence, so not a seed-form name either.
         assert_eq!(
-            t.on_timer(now, &mut store, &LIMITS),
+            t.handle_timer(now, &mut store, &LIMITS),
             Outcome::Refuse("header timeout".into())
         );
         // One that connects and sends nothing at all, likewise.
         let mut idle = Transfer::new(t0);
         assert_eq!(
-            idle.on_timer(t0 + LIMITS.header_timeout, &mut store, &LIMITS),
+            idle.handle_timer(t0 + LIMITS.header_timeout, &mut store, &LIMITS),
             Outcome::Refuse("header timeout".into())
         );
     }
@@ -1119,9 +1127,9 @@ mod tests {
     fn test_short_framed_transfer_leaves_nothing() {
         let (dir, mut store, t0) = setup("xfer-short");
         let mut t = Transfer::new(t0);
-        t.on_input(b"10 short.bin\n12345", t0, &mut store, &LIMITS);
+        t.handle_input(b"10 short.bin\n12345", t0, &mut store, &LIMITS);
         assert_eq!(
-            t.on_eof(),
+            t.handle_eof(),
             Outcome::Refuse("short transfer: 5 of 10 bytes".into())
         );
         assert!(names_in(&dir.0).is_empty());
@@ -1132,11 +1140,11 @@ mod tests {
         let (dir, mut store, t0) = setup("xfer-long");
         let mut t = Transfer::new(t0);
         assert_eq!(
-            t.on_input(b"2 x\n", t0, &mut store, &LIMITS),
+            t.handle_input(b"2 x\n", t0, &mut store, &LIMITS),
             Outcome::Reply(OK)
         );
         assert!(matches!(
-            t.on_input(b"abc", t0, &mut store, &LIMITS),
+            t.handle_input(b"abc", t0, &mut store, &LIMITS),
             Outcome::Refuse(_)
         ));
         assert!(!dir.0.join("x").exists());
@@ -1147,22 +1155,22 @@ mod tests {
         let (dir, mut store, t0) = setup("xfer-limit");
         let mut t = Transfer::new(t0);
         assert_eq!(
-            t.on_input(b"1001 big\n", t0, &mut store, &LIMITS),
+            t.handle_input(b"1001 big\n", t0, &mut store, &LIMITS),
             Outcome::Refuse("file too large: the limit is 1000 bytes".into())
         );
         // Seed form: no declared size, so the limit is enforced as content arrives.
         let mut t = Transfer::new(t0);
-        t.on_input(b"big", t0, &mut store, &LIMITS);
+        t.handle_input(b"big", t0, &mut store, &LIMITS);
         assert_eq!(
-            t.on_timer(t0 + SEED_SILENCE, &mut store, &LIMITS),
+            t.handle_timer(t0 + SEED_SILENCE, &mut store, &LIMITS),
             Outcome::Reply(OK)
         );
         assert_eq!(
-            t.on_input(&[0; 1000], t0, &mut store, &LIMITS),
+            t.handle_input(&[0; 1000], t0, &mut store, &LIMITS),
             Outcome::Continue
         );
         assert!(matches!(
-            t.on_input(&[0; 1], t0, &mut store, &LIMITS),
+            t.handle_input(&[0; 1], t0, &mut store, &LIMITS),
             Outcome::Refuse(_)
         ));
         assert!(!dir.0.join("big").exists());
@@ -1174,7 +1182,7 @@ mod tests {
         fs::write(dir.0.join("taken"), b"keep me").unwrap();
         let mut t = Transfer::new(t0);
         assert_eq!(
-            t.on_input(b"3 taken\n", t0, &mut store, &LIMITS),
+            t.handle_input(b"3 taken\n", t0, &mut store, &LIMITS),
             Outcome::Refuse("file exists".into())
         );
         assert_eq!(fs::read(dir.0.join("taken")).unwrap(), b"keep me");
@@ -1184,10 +1192,10 @@ mod tests {
     fn test_stalled_transfer_times_out_and_leaves_nothing() {
         let (dir, mut store, t0) = setup("xfer-stall");
         let mut t = Transfer::new(t0);
-        t.on_input(b"100 stall\nsome", t0, &mut store, &LIMITS);
-        assert_eq!(t.deadline(&LIMITS), Some(t0 + LIMITS.transfer_timeout));
+        t.handle_input(b"100 stall\nsome", t0, &mut store, &LIMITS);
+        assert_eq!(t.poll_deadline(&LIMITS), Some(t0 + LIMITS.transfer_timeout));
         assert_eq!(
-            t.on_timer(t0 + LIMITS.transfer_timeout, &mut store, &LIMITS),
+            t.handle_timer(t0 + LIMITS.transfer_timeout, &mut store, &LIMITS),
             Outcome::Refuse("transfer timeout".into())
         );
         assert!(names_in(&dir.0).is_empty());
@@ -1215,18 +1223,21 @@ mod tests {
         ] {
             let (_dir, mut store, t0) = setup("xfer-timeout-from-ok");
             let mut t = Transfer::new(t0);
-            t.on_input(name, t0, &mut store, &limits);
+            t.handle_input(name, t0, &mut store, &limits);
             let ok_at = t0 + ok_after;
-            assert_eq!(t.on_timer(ok_at, &mut store, &limits), Outcome::Reply(OK));
-            let expiry = ok_at + limits.transfer_timeout;
-            assert_eq!(t.deadline(&limits), Some(expiry), "{name:?}");
             assert_eq!(
-                t.on_timer(expiry - Duration::from_millis(1), &mut store, &limits),
+                t.handle_timer(ok_at, &mut store, &limits),
+                Outcome::Reply(OK)
+            );
+            let expiry = ok_at + limits.transfer_timeout;
+            assert_eq!(t.poll_deadline(&limits), Some(expiry), "{name:?}");
+            assert_eq!(
+                t.handle_timer(expiry - Duration::from_millis(1), &mut store, &limits),
                 Outcome::Continue,
                 "{name:?}"
             );
             assert_eq!(
-                t.on_timer(expiry, &mut store, &limits),
+                t.handle_timer(expiry, &mut store, &limits),
                 Outcome::Refuse("transfer timeout".into())
             );
         }
@@ -1237,10 +1248,13 @@ mod tests {
     fn test_transfer_timeout_counts_from_the_last_byte_once_receiving() {
         let (_dir, mut store, t0) = setup("xfer-timeout-last-byte");
         let mut t = Transfer::new(t0);
-        t.on_input(b"100 f\n", t0, &mut store, &LIMITS);
+        t.handle_input(b"100 f\n", t0, &mut store, &LIMITS);
         let later = t0 + Duration::from_secs(50);
-        t.on_input(b"abc", later, &mut store, &LIMITS);
-        assert_eq!(t.deadline(&LIMITS), Some(later + LIMITS.transfer_timeout));
+        t.handle_input(b"abc", later, &mut store, &LIMITS);
+        assert_eq!(
+            t.poll_deadline(&LIMITS),
+            Some(later + LIMITS.transfer_timeout)
+        );
     }
 
     /// A directory that cannot take the file is found before `ok`, in every header form, and
@@ -1255,18 +1269,18 @@ mod tests {
         );
         let mut framed = Transfer::new(t0);
         assert_eq!(
-            framed.on_input(b"5 a.txt\nhello", t0, &mut store, &LIMITS),
+            framed.handle_input(b"5 a.txt\nhello", t0, &mut store, &LIMITS),
             Outcome::Refuse(removed.clone())
         );
         let mut line = Transfer::new(t0);
         assert_eq!(
-            line.on_input(b"a.txt\n", t0, &mut store, &LIMITS),
+            line.handle_input(b"a.txt\n", t0, &mut store, &LIMITS),
             Outcome::Refuse(removed.clone())
         );
         let mut seed = Transfer::new(t0);
-        seed.on_input(b"a.txt", t0, &mut store, &LIMITS);
+        seed.handle_input(b"a.txt", t0, &mut store, &LIMITS);
         assert_eq!(
-            seed.on_timer(t0 + SEED_SILENCE, &mut store, &LIMITS),
+            seed.handle_timer(t0 + SEED_SILENCE, &mut store, &LIMITS),
             Outcome::Refuse(removed)
         );
         assert!(!dir.0.exists(), "never created again by the server");
@@ -1276,8 +1290,8 @@ mod tests {
     fn test_empty_file_is_stored_empty() {
         let (dir, mut store, t0) = setup("xfer-empty");
         let mut t = Transfer::new(t0);
-        t.on_input(b"0 empty\n", t0, &mut store, &LIMITS);
-        let Outcome::Done { line, .. } = t.on_eof() else {
+        t.handle_input(b"0 empty\n", t0, &mut store, &LIMITS);
+        let Outcome::Done { line, .. } = t.handle_eof() else {
             panic!()
         };
         assert_eq!(
@@ -1285,5 +1299,126 @@ mod tests {
             "done 0 blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262\n"
         );
         assert_eq!(fs::read(dir.0.join("empty")).unwrap(), b"");
+    }
+
+    // --- the service, as the loop drives it ---
+
+    use crate::service::Recorded;
+    use crate::service::testing::{run, shared};
+
+    /// Shared state as the loop holds it, with a store (named temporaries, as in `setup`) in a
+    /// fresh directory; the limits are `testing::shared`'s, the same as [`LIMITS`].
+    fn service_setup(tag: &str) -> (TempDir, Shared, Instant) {
+        let (dir, store, t0) = setup(tag);
+        (dir, shared(Some(store)), t0)
+    }
+
+    fn refused(reason: &str) -> [Recorded; 2] {
+        [
+            Recorded::Reply(format!("error: {reason}\n").into_bytes()),
+            Recorded::Close(CloseReason::Protocol("file transfer refused")),
+        ]
+    }
+
+    #[test]
+    fn test_service_refusal_is_an_error_line_then_an_orderly_close_and_is_counted() {
+        let (dir, mut sh, t0) = service_setup("svc-refuse");
+        let mut t = Transfer::new(t0);
+        let got = run(&mut sh, t0, |cx| t.on_input(b"1001 big\n", cx));
+        assert_eq!(got, refused("file too large: the limit is 1000 bytes"));
+        assert_eq!((sh.stats.files_refused, sh.stats.files_stored), (1, 0));
+        // Over: whatever comes after is ignored, and counted no more.
+        let got = run(&mut sh, t0, |cx| {
+            t.on_input(b"more", cx);
+            t.on_eof(cx);
+        });
+        assert!(got.is_empty(), "{got:?}");
+        assert_eq!(sh.stats.files_refused, 1);
+        assert!(names_in(&dir.0).is_empty());
+    }
+
+    #[test]
+    fn test_service_done_replies_the_line_and_is_counted() {
+        let (dir, mut sh, t0) = service_setup("svc-done");
+        let mut t = Transfer::new(t0);
+        let got = run(&mut sh, t0, |cx| t.on_input(b"5 hi.txt\nhel", cx));
+        assert_eq!(got, [Recorded::Reply(OK.to_vec())]);
+        let got = run(&mut sh, t0, |cx| {
+            t.on_input(b"lo", cx);
+            t.on_eof(cx);
+        });
+        let line = Done {
+            bytes: 5,
+            digest: digest::hash(Algorithm::Blake3, b"hello"),
+        }
+        .line();
+        assert_eq!(got, [Recorded::Reply(line.into_bytes())]);
+        assert_eq!((sh.stats.files_stored, sh.stats.files_refused), (1, 0));
+        assert_eq!(names_in(&dir.0), ["hi.txt"]);
+    }
+
+    #[test]
+    fn test_service_timer_acts_only_at_the_deadline_it_gave() {
+        let (_dir, mut sh, t0) = service_setup("svc-timer");
+        let mut t = Transfer::new(t0);
+        run(&mut sh, t0, |cx| t.on_input(b"photo.jpg", cx));
+        let due = t.deadline(&sh).unwrap();
+        assert_eq!(due, t0 + SEED_SILENCE);
+        // A spurious wake-up before it: nothing.
+        let early = run(&mut sh, due - Duration::from_millis(1), |cx| t.on_timer(cx));
+        assert!(early.is_empty(), "{early:?}");
+        let got = run(&mut sh, due, |cx| t.on_timer(cx));
+        assert_eq!(got, [Recorded::Reply(OK.to_vec())]);
+        // A header timeout is a refusal like any other.
+        let mut idle = Transfer::new(t0);
+        let due = idle.deadline(&sh).unwrap();
+        let got = run(&mut sh, due, |cx| idle.on_timer(cx));
+        assert_eq!(got, refused("header timeout"));
+        assert_eq!(sh.stats.files_refused, 1);
+    }
+
+    #[test]
+    fn test_service_graceful_stop_lets_only_a_transfer_in_progress_finish() {
+        let (_dir, mut sh, t0) = service_setup("svc-stop");
+        let mut t = Transfer::new(t0);
+        assert_eq!(t.on_stop(), OnStop::ServePending, "no header yet");
+        run(&mut sh, t0, |cx| t.on_input(b"3 f", cx));
+        assert_eq!(t.on_stop(), OnStop::ServePending, "header in progress");
+        run(&mut sh, t0, |cx| t.on_input(b"\nab", cx));
+        assert_eq!(t.on_stop(), OnStop::Finish, "receiving");
+        run(&mut sh, t0, |cx| {
+            t.on_input(b"c", cx);
+            t.on_eof(cx);
+        });
+        assert_eq!(t.on_stop(), OnStop::ServePending, "done");
+        assert_eq!(sh.stats.files_stored, 1);
+    }
+
+    #[test]
+    fn test_service_drained_header_is_told_the_server_is_shutting_down() {
+        let (_dir, mut sh, t0) = service_setup("svc-drained");
+        let mut t = Transfer::new(t0);
+        run(&mut sh, t0, |cx| t.on_input(b"notes", cx));
+        let got = run(&mut sh, t0, |cx| t.on_drained(cx));
+        assert_eq!(
+            got,
+            [Recorded::Reply(b"error: server shutting down\n".to_vec())]
+        );
+    }
+
+    #[test]
+    fn test_service_buffered_is_the_header_buffer_and_nothing_after_it() {
+        let (_dir, mut sh, t0) = service_setup("svc-buffered");
+        let mut t = Transfer::new(t0);
+        assert_eq!(t.buffered(), 0, "nothing allocated before the first byte");
+        run(&mut sh, t0, |cx| t.on_input(b"12 some", cx));
+        let Stage::Header(buf) = &t.stage else {
+            panic!("still in the header")
+        };
+        assert_eq!(buf, b"12 some");
+        assert_eq!(t.buffered(), buf.capacity());
+        run(&mut sh, t0, |cx| t.on_input(b" name\nabc", cx));
+        assert!(t.is_receiving());
+        assert_eq!(t.buffered(), 0, "content is never buffered by the service");
     }
 }
