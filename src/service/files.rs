@@ -377,10 +377,24 @@ impl Transfer {
         self.last_input = now;
         match &mut self.stage {
             Stage::Header(buf) => {
-                buf.extend_from_slice(data);
+                // The parser never looks past MAX_HEADER bytes, so the buffer keeps no more
+                // (and allocates no more). The rest of this read — content sent without
+                // waiting for "ok", up to a whole 1 MiB read — goes to the content path
+                // straight from `data`, never copied here.
+                let take = data.len().min(MAX_HEADER - buf.len());
+                let want = buf.len() + take;
+                if want > buf.capacity() {
+                    // Doubling, as a Vec grows, but never past MAX_HEADER.
+                    let cap = (2 * buf.capacity()).max(want).clamp(16, MAX_HEADER);
+                    buf.reserve_exact(cap - buf.len());
+                }
+                buf.extend_from_slice(&data[..take]);
+                let rest = &data[take..];
                 let buf = std::mem::take(buf);
                 match parse_header(&buf) {
                     Header::Incomplete { .. } => {
+                        // Incomplete means shorter than MAX_HEADER: all of `data` was taken.
+                        debug_assert!(rest.is_empty());
                         self.stage = Stage::Header(buf);
                         Outcome::Continue
                     }
@@ -393,10 +407,7 @@ impl Transfer {
                             return self.refuse(reason);
                         }
                         // A sender that did not wait for "ok" sent content already.
-                        match self.receive(&buf[len..], limits) {
-                            Outcome::Continue => Outcome::Reply(OK),
-                            refused => refused,
-                        }
+                        self.first_content(&buf[len..], rest, limits)
                     }
                     Header::NameLine { name, len } => {
                         // No size: like the bare name, the content runs until EOF, and the
@@ -404,10 +415,7 @@ impl Transfer {
                         if let Err(reason) = self.begin(name, None, now, store, limits) {
                             return self.refuse(reason);
                         }
-                        match self.receive(&buf[len..], limits) {
-                            Outcome::Continue => Outcome::Reply(OK),
-                            refused => refused,
-                        }
+                        self.first_content(&buf[len..], rest, limits)
                     }
                 }
             }
@@ -524,6 +532,19 @@ impl Transfer {
             hasher: Hasher::new(limits.hash),
         });
         Ok(())
+    }
+
+    /// The content that came with the header, in order: what followed the newline in the
+    /// header buffer, then the rest of the read. `ok`, unless it already breaks a limit.
+    fn first_content(&mut self, buffered: &[u8], rest: &[u8], limits: &Limits) -> Outcome {
+        match self.receive(buffered, limits) {
+            Outcome::Continue => {}
+            refused => return refused,
+        }
+        match self.receive(rest, limits) {
+            Outcome::Continue => Outcome::Reply(OK),
+            refused => refused,
+        }
     }
 
     /// Content bytes: checked against the limits, written, hashed.
@@ -1096,6 +1117,77 @@ mod tests {
             Outcome::Refuse(_)
         ));
         assert!(names_in(&dir.0).is_empty());
+    }
+
+    /// Content sent with the header, without waiting for `ok` (the nc habit, or a sender that
+    /// does not wait), in one read of up to 1 MiB: stored whole and in order, though only the
+    /// first [`MAX_HEADER`] bytes of the read pass through the header buffer.
+    #[test]
+    fn test_content_in_the_headers_read_is_stored_whole() {
+        let (dir, mut store, t0) = setup("xfer-header-read");
+        let limits = Limits {
+            max_file_size: 4 << 20,
+            ..LIMITS
+        };
+        let content: Vec<u8> = (0..1usize << 20).map(|i| (i * 7 % 251) as u8).collect();
+        // (name, the header's pieces): all but the last arrive alone, the last with the content.
+        let cases: [(&str, &[&[u8]]); 3] = [
+            ("line", &[b"line\n"]),
+            ("framed", &[b"1048576 framed\n"]),
+            ("split", &[b"10485", b"76 split\n"]),
+        ];
+        for (name, header) in cases {
+            let mut t = Transfer::new(t0);
+            let (last, earlier) = header.split_last().unwrap();
+            for piece in earlier {
+                assert_eq!(
+                    t.handle_input(piece, t0, &mut store, &limits),
+                    Outcome::Continue
+                );
+            }
+            let read = [last, &content[..]].concat();
+            assert_eq!(
+                t.handle_input(&read, t0, &mut store, &limits),
+                Outcome::Reply(OK),
+                "{name}"
+            );
+            let Outcome::Done { line, bytes, .. } = t.handle_eof() else {
+                panic!("{name}: not done")
+            };
+            assert_eq!(bytes, content.len() as u64, "{name}");
+            assert_eq!(
+                Done::parse(&line).unwrap().digest,
+                digest::hash(Algorithm::Blake3, &content),
+                "{name}"
+            );
+            assert!(fs::read(dir.0.join(name)).unwrap() == content, "{name}");
+        }
+    }
+
+    /// The header buffer holds and allocates at most [`MAX_HEADER`] bytes, whether the bytes
+    /// trickle in or come in one large read.
+    #[test]
+    fn test_header_buffer_is_bounded_by_the_longest_header() {
+        let (_dir, mut store, t0) = setup("xfer-header-bound");
+        let mut t = Transfer::new(t0);
+        for _ in 0..MAX_HEADER - 1 {
+            assert_eq!(
+                t.handle_input(b"7", t0, &mut store, &LIMITS),
+                Outcome::Continue
+            );
+            assert!(t.buffered() <= MAX_HEADER, "{}", t.buffered());
+        }
+        assert_eq!(
+            t.handle_input(b"7", t0, &mut store, &LIMITS),
+            Outcome::Refuse(HeaderError::TooLong.to_string())
+        );
+        // A megabyte without a newline is refused the same, without being copied.
+        let mut t = Transfer::new(t0);
+        t.handle_input(b"77", t0, &mut store, &LIMITS);
+        assert_eq!(
+            t.handle_input(&[b'7'; 1 << 20], t0, &mut store, &LIMITS),
+            Outcome::Refuse(HeaderError::TooLong.to_string())
+        );
     }
 
     #[test]
