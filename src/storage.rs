@@ -87,7 +87,9 @@ pub const LEGACY_PARTIAL_DIR: &str = ".resound-partial";
 pub const NAMED_TMP_PREFIX: &str = ".resound-tmp-";
 
 /// Set to `1`, this environment variable makes the server receive into named temporaries even
-/// where `O_TMPFILE` works: the switch the tests use to exercise the fallback.
+/// where `O_TMPFILE` works: the switch the tests of the binary (a server in a process of its
+/// own: several on one `--dir`, a resource limit) use to exercise the fallback. Unit tests
+/// choose with `Store::open_with`.
 pub const NAMED_TEMPORARIES_ENV: &str = "RESOUND_NAMED_TEMPORARIES";
 
 /// Permissions of a stored file (before the umask), as `open(2)` would give a new file.

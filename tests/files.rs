@@ -16,22 +16,6 @@ use resound::ServiceKind;
 use socket2::SockRef;
 use util::*;
 
-/// The received files (the partial directory excluded), sorted.
-fn files(dir: &Dir) -> Vec<String> {
-    let mut names = dir.names();
-    names.retain(|n| n != ".resound-partial");
-    names
-}
-
-/// Temporaries in progress or left behind that have a name (unnamed `O_TMPFILE` ones
-/// cannot be left behind): the server's own `.resound-` names.
-fn partials(dir: &Dir) -> usize {
-    dir.names()
-        .iter()
-        .filter(|n| n.starts_with(".resound-"))
-        .count()
-}
-
 /// Run `resound send FILE --to ADDR [extra]`; returns (success, stdout, stderr).
 fn resound_send(file: &Path, to: SocketAddr, extra: &[&str]) -> (bool, String, String) {
     let to = to.to_string();
@@ -68,7 +52,7 @@ fn fifty_mib_file_arrives_identical() {
         "no progress bar when stdout is a pipe"
     );
     assert_same(&fs::read(dir.0.join("random.bin")).unwrap(), &data);
-    assert_eq!(partials(&dir), 0);
+    dir.assert_holds(&["random.bin"]);
     let totals = server.stop().unwrap();
     assert_eq!(totals.files_stored, 1);
 }
@@ -209,18 +193,10 @@ fn every_hostile_name_is_refused_and_nothing_is_created() {
             "{name:?}: {reply}"
         );
     }
-    assert!(files(&dir).is_empty());
-    assert_eq!(partials(&dir), 0);
+    dir.assert_holds(&[]);
     drop(server);
-    let beside: Vec<_> = fs::read_dir(&parent.0)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(
-        beside,
-        ["received"],
-        "nothing appeared next to the directory"
-    );
+    // Nothing appeared next to the directory either.
+    parent.assert_holds(&["received"]);
 }
 
 /// 20 transfers at once all arrive intact.
@@ -256,7 +232,8 @@ fn twenty_concurrent_transfers() {
         let got = fs::read(dir.0.join(format!("file-{i:02}"))).unwrap();
         assert_same(&got, &pattern(i * 1000, 200_000 + i * 7919));
     }
-    assert_eq!(partials(&dir), 0);
+    let want: Vec<String> = (0..20).map(|i| format!("file-{i:02}")).collect();
+    dir.assert_holds(&want.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 /// A reset in the middle of the content leaves no file and no temporary.
@@ -271,8 +248,7 @@ fn reset_mid_stream_leaves_nothing() {
     drop(s);
     // Stopping the server waits for every connection to be released.
     server.stop().unwrap();
-    assert!(files(&dir).is_empty());
-    assert_eq!(partials(&dir), 0);
+    dir.assert_holds(&[]);
 }
 
 /// A framed transfer that closes cleanly but early is reported short, and leaves nothing.
@@ -287,8 +263,7 @@ fn framed_transfer_closed_early_leaves_nothing() {
     let answer = String::from_utf8(read_to_eof(&mut s)).unwrap();
     assert_eq!(answer, "error: short transfer: 50 of 100 bytes\n");
     server.stop().unwrap();
-    assert!(files(&dir).is_empty());
-    assert_eq!(partials(&dir), 0);
+    dir.assert_holds(&[]);
 }
 
 /// An existing file is never overwritten; the sender is told, and `resound send` fails.
@@ -342,8 +317,7 @@ fn max_file_size_is_enforced_both_ways() {
     let _ = s.read_to_end(&mut answer);
     assert!(answer.starts_with(b"error: file too large"), "{answer:?}");
     server.stop().unwrap();
-    assert!(files(&dir).is_empty());
-    assert_eq!(partials(&dir), 0);
+    dir.assert_holds(&[]);
 }
 
 /// A client that connects and never sends, or trickles its header byte by byte (a
@@ -366,7 +340,7 @@ fn header_that_never_arrives_times_out() {
     let mut answer = Vec::new();
     let _ = trickle.read_to_end(&mut answer); // EOF, or a reset once the trickle hits a closed socket
     assert!(answer.starts_with(b"error: header timeout\n"), "{answer:?}");
-    assert!(files(&dir).is_empty());
+    dir.assert_holds(&[]);
 }
 
 /// A seed-form name that looks like the start of a framed header ("123") is taken as a name
@@ -390,24 +364,39 @@ fn seed_name_that_looks_like_a_header_still_works() {
     assert_eq!(fs::read(dir.0.join("123")).unwrap(), b"digits");
 }
 
-/// A write error (here RLIMIT_FSIZE, as a full disk would) answers `error`, removes the
-/// partial file, and the server goes on serving.
-#[test]
-fn write_error_is_reported_and_the_server_carries_on() {
-    let dir = Dir::new("fsize");
+/// A write error (here RLIMIT_FSIZE, as a full disk would) answers `error`, leaves nothing —
+/// with named temporaries, the one that was written is removed — and the server goes on
+/// serving. A process of its own (for the limit), so the named temporaries are chosen with
+/// the environment variable.
+fn write_error_is_reported_and_the_server_carries_on(named: bool) {
+    let dir = Dir::new(&format!("fsize-{named}"));
     let mut cmd = files_command(&dir.0);
     with_rlimit(&mut cmd, libc::RLIMIT_FSIZE, 1 << 20);
+    if named {
+        cmd.env(NAMED_TEMPORARIES_ENV, "1");
+    }
     let mut server = ServerProcess::start_command(cmd, 1);
     let addr = server.addr("files");
     let (mut s, reply) = send_header(addr, b"3000000 too-big.bin\n");
     assert_eq!(reply, "ok");
+    // The temporary exists from the `ok` on: visible only if named, so that the check after
+    // the failure below means something.
+    let during = dir.names();
+    if named {
+        assert!(
+            during.len() == 1 && during[0].starts_with(".resound-tmp-"),
+            "{during:?}"
+        );
+    } else {
+        assert!(during.is_empty(), "{during:?}");
+    }
     let _ = s.write_all(&pattern(0, 3_000_000));
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("error: cannot store file"), "{answer}");
-    assert!(files(&dir).is_empty());
-    assert_eq!(partials(&dir), 0);
+    // The temporary is dropped before the error is sent.
+    dir.assert_holds(&[]);
 
     // Still serving.
     let (mut s, reply) = send_header(addr, b"5 small.txt\n");
@@ -420,6 +409,17 @@ fn write_error_is_reported_and_the_server_carries_on() {
             .starts_with("done 5 ")
     );
     stop_gracefully(&mut server);
+    dir.assert_holds(&["small.txt"]);
+}
+
+#[test]
+fn write_error_is_reported_and_leaves_nothing() {
+    write_error_is_reported_and_the_server_carries_on(false);
+}
+
+#[test]
+fn write_error_is_reported_and_leaves_nothing_with_named_temporaries() {
+    write_error_is_reported_and_the_server_carries_on(true);
 }
 
 /// A graceful stop lets a transfer in progress finish.

@@ -433,6 +433,13 @@ impl Dir {
     pub fn names(&self) -> Vec<String> {
         names_in(&self.0)
     }
+
+    /// Assert that the directory holds exactly `want` (sorted), nothing else: neither a file
+    /// that should not have been stored nor a temporary left behind, hidden or not.
+    pub fn assert_holds(&self, want: &[&str]) {
+        let names = self.names();
+        assert_eq!(names, want, "{} holds {names:?}", self.0.display());
+    }
 }
 
 impl Drop for Dir {
