@@ -1469,6 +1469,41 @@ mod tests {
         assert_eq!(sh.stats.files_refused, 1);
     }
 
+    /// Issue 15, verbatim, as the loop drives it, on a fake clock: with `--header-timeout 2
+    /// --transfer-timeout 2`, the seed-form name `2024 notes` waits a second for its `ok`;
+    /// content 1.5 s after the `ok` — past a transfer timeout counted from the name, short of
+    /// one counted from the `ok` — is stored.
+    #[test]
+    fn test_service_issue_15_transfer_timeout_counts_from_ok() {
+        let (dir, mut sh, t0) = service_setup("svc-issue-15");
+        sh.file_limits.header_timeout = Duration::from_secs(2);
+        sh.file_limits.transfer_timeout = Duration::from_secs(2);
+        let mut t = Transfer::new(t0);
+        assert!(run(&mut sh, t0, |cx| t.on_input(b"2024 notes", cx)).is_empty());
+        // Digits and a space could still become a framed header: a second of silence.
+        let ok_at = t.deadline(&sh).unwrap();
+        assert_eq!(ok_at, t0 + MAYBE_FRAMED_SILENCE);
+        let got = run(&mut sh, ok_at, |cx| t.on_timer(cx));
+        assert_eq!(got, [Recorded::Reply(OK.to_vec())]);
+        assert_eq!(t.deadline(&sh), Some(ok_at + Duration::from_secs(2)));
+        // Woken where the bug timed it out (2 s after the name), and 1.5 s after the `ok`.
+        let later = ok_at + Duration::from_millis(1500);
+        for now in [t0 + Duration::from_secs(2), later] {
+            let got = run(&mut sh, now, |cx| t.on_timer(cx));
+            assert!(got.is_empty(), "{now:?}: {got:?}");
+        }
+        let got = run(&mut sh, later, |cx| {
+            t.on_input(b"agenda", cx);
+            t.on_eof(cx);
+        });
+        let done = Done {
+            bytes: 6,
+            digest: digest::hash(Algorithm::Blake3, b"agenda"),
+        };
+        assert_eq!(got, [Recorded::Reply(done.line().into_bytes())]);
+        assert_eq!(fs::read(dir.0.join("2024 notes")).unwrap(), b"agenda");
+    }
+
     #[test]
     fn test_service_graceful_stop_lets_only_a_transfer_in_progress_finish() {
         let (_dir, mut sh, t0) = service_setup("svc-stop");
