@@ -7,7 +7,7 @@
 # usage: benches/file_transfer.sh [SIZE_MIB (1024)] [RUNS (5)]
 # environment:
 #   BIN=path        the resound binary (default target/release/resound), e.g. an older build
-#   SEND_ARGS=...   extra arguments for `resound send` (e.g. --no-sendfile)
+#   SEND_ARGS=...   extra arguments for `resound send` (e.g. --sendfile on)
 #   SERVE_ARGS=...  extra arguments for `resound serve` (e.g. --hash sha256)
 #   NC=0            skip the nc runs
 # needs: a release build (cargo build --release), OpenBSD netcat (nc), taskset, GNU time.

@@ -10,12 +10,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, BridgeUrl, Config};
 use crate::units::{
-    parse_connect_addr, parse_duration, parse_keepalive, parse_listen_addr, parse_positive_duration,
-};
-// The value parsers under their historical names (the fuzz target and older callers use them).
-pub use crate::units::{
-    parse_connect_addr as parse_addr, parse_count, parse_duration as parse_secs,
-    parse_positive_duration as parse_positive_secs, parse_size,
+    parse_connect_addr, parse_count, parse_duration, parse_keepalive, parse_listen_addr,
+    parse_positive_duration, parse_size,
 };
 
 #[derive(Parser, Debug)]
@@ -98,10 +94,6 @@ pub struct SendArgs {
     /// there. Over a network sendfile saves the sender a copy.)
     #[arg(long, value_name = "MODE", value_enum, default_value = "auto")]
     pub sendfile: SendfileMode,
-
-    /// The same as `--sendfile off`.
-    #[arg(long, conflicts_with = "sendfile")]
-    pub no_sendfile: bool,
 }
 
 /// `resound send --sendfile MODE`.

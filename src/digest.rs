@@ -52,14 +52,6 @@ impl Algorithm {
     pub fn from_name(name: &str) -> Option<Algorithm> {
         Algorithm::ALL.into_iter().find(|a| a.name() == name)
     }
-
-    /// The command that checks a stored file by hand.
-    pub fn tool(self) -> &'static str {
-        match self {
-            Algorithm::Blake3 => "b3sum",
-            Algorithm::Sha256 => "sha256sum",
-        }
-    }
 }
 
 impl fmt::Display for Algorithm {
