@@ -56,9 +56,11 @@
 //!
 //! This file does blocking disk I/O on the event loop's thread. Writes land in the page cache
 //! and return in microseconds; when the kernel throttles a writer because too much is dirty, the
-//! whole loop waits for that one write. We accept this: each write is at most one read (64 KiB),
-//! so a stall is bounded by one write's latency, and the alternative (a thread pool or io_uring)
-//! would cost more complexity than this teaching server should carry. `done` means the file is
+//! whole loop waits for that one write. We accept this: each write is at most one read (up to
+//! 1 MiB, `server.rs`'s `BULK_BUDGET`, when an upload is alone in its loop turn; down to 64 KiB
+//! when many connections share it), so a stall is bounded by one write's latency, and the
+//! alternative (a thread pool or io_uring) would cost more complexity than this teaching server
+//! should carry. `done` means the file is
 //! complete and in place in the page cache; it is not `fsync`ed, so the promise holds across a
 //! crash of the process, not across a power cut (which may leave a published file short).
 

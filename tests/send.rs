@@ -88,8 +88,24 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Sizes around the server's 64 KiB reads, an empty file, a single byte, and several MiB.
-const SIZES: [usize; 5] = [0, 1, 64 * 1024 - 1, 64 * 1024 + 1, 5 << 20];
+/// An empty file, a single byte, sizes around each boundary a transfer crosses — the server's
+/// smallest read (64 KiB, when many connections share a loop turn), the sender's chunk
+/// (256 KiB, `send/wire.rs`'s CHUNK), the server's largest read (1 MiB, an upload alone in its
+/// turn) — and several MiB.
+const SIZES: [usize; 12] = [
+    0,
+    1,
+    (64 << 10) - 1,
+    (64 << 10) + 1,
+    (256 << 10) - 1,
+    256 << 10,
+    (256 << 10) + 1,
+    (1 << 20) - 1,
+    1 << 20,
+    (1 << 20) + 1,
+    (1 << 20) + (256 << 10) + 1,
+    5 << 20,
+];
 
 /// For each size, with `sendfile` and copied: the stored file is the one sent, and its BLAKE3
 /// hash is the one in the server's final line.
