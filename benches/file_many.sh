@@ -10,6 +10,7 @@
 # needs: a release build, OpenBSD netcat (nc), taskset, GNU time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 n=${1:-10}
 size_mib=${2:-100}
 runs=${3:-3}
@@ -23,18 +24,14 @@ server_pid=""
 trap '[[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null; rm -rf "$work"' EXIT
 head -c $((size_mib << 20)) /dev/urandom > "$work/payload.bin"
 cat "$work/payload.bin" > /dev/null
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now() { date +%s.%N; }
-proc_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"; }
 gib=$(echo "$n * $size_mib / 1024" | bc -l)
 
 mkdir "$work/recv"
-port=$(free_port)
 # shellcheck disable=SC2086
-taskset -c 0 "$bin" serve --files "127.0.0.1:$port" --dir "$work/recv" ${SERVE_ARGS:-} \
+taskset -c 0 "$bin" serve --files 127.0.0.1:0 --dir "$work/recv" ${SERVE_ARGS:-} \
     > "$work/server.out" 2> "$work/server.err" &
 server_pid=$!
-for _ in $(seq 100); do grep -q listening "$work/server.out" && break; sleep 0.05; done
+addr=$(listening_addr "$work/server.out" files)
 
 r_rate=(); r_cpu=(); n_rate=(); n_cpu=()
 for run in $(seq "$runs"); do
@@ -43,7 +40,7 @@ for run in $(seq "$runs"); do
     pids=()
     for i in $(seq "$n"); do
         # shellcheck disable=SC2086
-        taskset -c 1 "$bin" send "$work/payload.bin" --to "127.0.0.1:$port" --name "r$run-$i" \
+        taskset -c 1 "$bin" send "$work/payload.bin" --to "$addr" --name "r$run-$i" \
             -q ${SEND_ARGS:-} > /dev/null &
         pids+=($!)
     done
@@ -80,7 +77,6 @@ for run in $(seq "$runs"); do
     printf 'run %d: resound %.0f MiB/s (server %.2f s CPU/GiB) | nc %.0f MiB/s (receivers %.2f s CPU/GiB)\n' \
         "$run" "${r_rate[-1]}" "${r_cpu[-1]}" "${n_rate[-1]}" "${n_cpu[-1]}"
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 printf 'median of %d runs, %d uploads of %d MiB at once:\n' "$runs" "$n" "$size_mib"
 printf '  resound send x%d -> one serve   %6.0f MiB/s   receiver %.2f s CPU/GiB\n' "$n" \
     "$(median "${r_rate[@]}")" "$(median "${r_cpu[@]}")"

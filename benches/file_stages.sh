@@ -10,13 +10,15 @@
 # works in VMs without hardware counters.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 size_mib=${1:-1024}
 bin=${BIN:-$PWD/target/release/resound}
 command -v perf >/dev/null || { echo "needs perf (Debian: linux-perf)" >&2; exit 2; }
 [[ -x $bin ]] || { echo "build first: cargo build --release" >&2; exit 2; }
 
 work=$(mktemp -d /tmp/resound-stages.XXXXXX)
-trap 'kill "$server_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+server_pid="" # set once the server runs; the trap may fire before (set -u)
+trap '[[ -z $server_pid ]] || kill "$server_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 head -c $((size_mib << 20)) /dev/urandom > "$work/payload.bin"
 cat "$work/payload.bin" > /dev/null
 mkdir "$work/recv"
@@ -25,8 +27,7 @@ taskset -c 0 perf record -q -e cpu-clock -o "$work/perf.data" \
     "$bin" serve --files 127.0.0.1:0 --dir "$work/recv" ${SERVE_ARGS:-} \
     > "$work/out" 2> "$work/err" &
 server_pid=$!
-for _ in $(seq 100); do grep -q listening "$work/out" 2>/dev/null && break; sleep 0.05; done
-addr=$(awk '/listening files/ { print $4 }' "$work/out")
+addr=$(listening_addr "$work/out" files)
 # shellcheck disable=SC2086
 taskset -c 1 "$bin" send "$work/payload.bin" --to "$addr" -q ${SEND_ARGS:-} > /dev/null
 kill -INT "$server_pid"

@@ -7,7 +7,7 @@
 # usage: benches/file_transfer.sh [SIZE_MIB (1024)] [RUNS (5)]
 # environment:
 #   BIN=path        the resound binary (default target/release/resound), e.g. an older build
-#   SEND_ARGS=...   extra arguments for `resound send` (e.g. --no-sendfile)
+#   SEND_ARGS=...   extra arguments for `resound send` (e.g. --sendfile on)
 #   SERVE_ARGS=...  extra arguments for `resound serve` (e.g. --hash sha256)
 #   NC=0            skip the nc runs
 # needs: a release build (cargo build --release), OpenBSD netcat (nc), taskset, GNU time.
@@ -17,6 +17,7 @@
 # sender's system call, so it is charged to the sender: compare senders with senders.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 size_mib=${1:-1024}
 runs=${2:-5}
 bin=${BIN:-$PWD/target/release/resound}
@@ -30,7 +31,7 @@ with_nc=${NC:-1}
 work=$(mktemp -d /tmp/resound-filebench.XXXXXX)
 server_pid=""
 cleanup() {
-    [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null || true
+    [[ -z $server_pid ]] || kill "$server_pid" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -39,22 +40,16 @@ src=$work/payload.bin
 head -c $((size_mib << 20)) /dev/urandom > "$src"
 cat "$src" > /dev/null # in the page cache for both contenders
 
-# A free port: bind 0, print it, close.
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now() { date +%s.%N; }
-# CPU seconds (user + system) the kernel has charged process $1 so far.
-proc_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"; }
 # user + system seconds from a GNU time output file written with -f '%U %S'.
 time_cpu() { awk '{ print $1 + $2 }' "$1"; }
 sub() { echo "$1 - $2" | bc -l; }
 
 mkdir -p "$work/received"
-port=$(free_port)
 # shellcheck disable=SC2086 # word splitting of the extra arguments is intended
-taskset -c 0 "$bin" serve --files "127.0.0.1:$port" --dir "$work/received" $serve_args \
+taskset -c 0 "$bin" serve --files 127.0.0.1:0 --dir "$work/received" $serve_args \
     > "$work/server.out" 2> "$work/server.err" &
 server_pid=$!
-for _ in $(seq 100); do grep -q listening "$work/server.out" && break; sleep 0.05; done
+addr=$(listening_addr "$work/server.out" files)
 
 r_wall=(); r_send=(); r_recv=(); n_wall=(); n_send=(); n_recv=()
 for run in $(seq "$runs"); do
@@ -63,7 +58,7 @@ for run in $(seq "$runs"); do
     t0=$(now)
     # shellcheck disable=SC2086
     /usr/bin/time -f '%U %S' -o "$work/send.time" \
-        taskset -c 1 "$bin" send "$src" --to "127.0.0.1:$port" --quiet $send_args > "$work/send.out"
+        taskset -c 1 "$bin" send "$src" --to "$addr" --quiet $send_args > "$work/send.out"
     t1=$(now)
     # The server's CPU is read once it has answered `done`, which `send` waited for.
     s1=$(proc_cpu "$server_pid")
@@ -97,7 +92,6 @@ done
 cmp -s "$src" "$work/received/payload.bin" || { echo "resound: stored file differs" >&2; exit 1; }
 echo "resound send said: $(cat "$work/send.out")"
 
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 summary() { # name wall send recv
     awk -v name="$1" -v w="$2" -v s="$3" -v r="$4" -v mib="$size_mib" 'BEGIN {
         gib = mib / 1024

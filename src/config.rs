@@ -133,7 +133,7 @@ impl Config {
     pub fn check_against_system(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         let fds = crate::procfs::fd_limit();
-        let most = fds.saturating_sub(FD_RESERVE).max(1);
+        let most = default_max_conns();
         if self.max_conns > most {
             warnings.push(format!(
                 "--max-conns {} is more than the descriptor limit of {fds} allows: at most \
@@ -167,7 +167,7 @@ impl Config {
              max buffer {} KiB, idle timeout {}, keepalive {}, drain timeout {:?}",
             self.max_conns,
             crate::procfs::fd_limit(),
-            crate::procfs::fd_limit().saturating_sub(FD_RESERVE).max(1),
+            default_max_conns(),
             crate::listener::BACKLOG,
             crate::procfs::somaxconn().map_or("?".to_string(), |n| n.to_string()),
             self.max_memory >> 20,
@@ -189,14 +189,10 @@ impl Config {
     }
 }
 
-/// The descriptor limit of this process (RLIMIT_NOFILE's soft value) minus [`FD_RESERVE`].
+/// The descriptor limit of this process (RLIMIT_NOFILE's soft value, read by
+/// [`procfs::fd_limit`](crate::procfs::fd_limit)) minus [`FD_RESERVE`]: the clients it can hold.
 pub fn default_max_conns() -> usize {
-    fd_limit().saturating_sub(FD_RESERVE).max(1)
-}
-
-/// RLIMIT_NOFILE's soft limit (read by [`procfs`](crate::procfs), shared with `resound bench`).
-pub fn fd_limit() -> usize {
-    crate::procfs::fd_limit()
+    crate::procfs::fd_limit().saturating_sub(FD_RESERVE).max(1)
 }
 
 /// Where the bridge meets the other nodes: `redis://HOST[:PORT]/CHANNEL` (`--bridge`).

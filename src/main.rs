@@ -32,7 +32,7 @@ fn send(args: SendArgs) -> ExitCode {
         timeout: (!args.timeout.is_zero()).then_some(args.timeout),
         progress: !args.quiet && send::stderr_is_terminal(),
         seed: args.seed,
-        sendfile: !args.no_sendfile && args.sendfile.use_sendfile(args.to),
+        sendfile: args.sendfile.use_sendfile(args.to),
     };
     match send::send(&opts) {
         Ok(sent) => {

@@ -46,6 +46,8 @@ use std::time::{Duration, Instant};
 
 use crate::digest::{Algorithm, Digest, Done, DoneError, Hasher};
 use crate::service::files::{self, Header};
+use crate::storage::StoreError;
+use crate::units::strip_os_error;
 
 pub use input::Source;
 
@@ -124,8 +126,8 @@ pub enum SendError {
     NotRegular {
         /// The path given.
         path: String,
-        /// What it is instead (a FIFO, a directory, ...).
-        kind: &'static str,
+        /// What it is instead.
+        kind: FileKind,
     },
     /// The file changed while it was being sent.
     Changed {
@@ -162,7 +164,7 @@ pub enum SendError {
         /// The server's address.
         addr: SocketAddr,
         /// What the server said after `error: `.
-        reason: String,
+        reason: Refusal,
     },
     /// The connection failed (reset, broken pipe).
     Broken {
@@ -203,10 +205,10 @@ pub enum SendError {
 impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SendError::Input { what, err } => write!(f, "{what}: {}", why(err)),
+            SendError::Input { what, err } => write!(f, "{what}: {}", strip_os_error(err)),
             SendError::NotRegular { path, kind } => {
                 write!(f, "{path}: is {kind}, not a regular file")?;
-                if *kind != "a directory" {
+                if kind.streams() {
                     write!(
                         f,
                         "; to send what it streams, use `resound send - --name NAME < {path}`"
@@ -221,7 +223,7 @@ impl fmt::Display for SendError {
             ),
             SendError::BadName { name, why } => write!(f, "cannot send as {name:?}: {why}"),
             SendError::Connect { addr, err } => {
-                write!(f, "cannot connect to {addr}: {}", why(err))
+                write!(f, "cannot connect to {addr}: {}", strip_os_error(err))
             }
             SendError::Timeout {
                 addr,
@@ -234,13 +236,17 @@ impl fmt::Display for SendError {
             ),
             SendError::Refused { addr, reason } => {
                 write!(f, "{addr} refused the file: {reason}")?;
-                if reason == "file exists" || reason.contains("in progress") {
+                if let Refusal::NameTaken(_) = reason {
                     f.write_str("; send it under another name with --name NAME")?;
                 }
                 Ok(())
             }
             SendError::Broken { addr, during, err } => {
-                write!(f, "{addr}: connection lost while {during}: {}", why(err))
+                write!(
+                    f,
+                    "{addr}: connection lost while {during}: {}",
+                    strip_os_error(err)
+                )
             }
             SendError::Closed { addr, during } => write!(
                 f,
@@ -264,6 +270,76 @@ impl fmt::Display for SendError {
 }
 
 impl std::error::Error for SendError {}
+
+/// What a path that is not a regular file is instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// A directory: nothing to stream.
+    Directory,
+    /// A named pipe.
+    Fifo,
+    /// A character device (a terminal, `/dev/zero`).
+    CharDevice,
+    /// A block device (a disk).
+    BlockDevice,
+    /// A Unix socket.
+    Socket,
+    /// None of the above.
+    Unknown,
+}
+
+impl FileKind {
+    /// Does it give a stream of bytes that `send - --name NAME < PATH` could send? Everything
+    /// but a directory.
+    pub fn streams(self) -> bool {
+        self != FileKind::Directory
+    }
+}
+
+impl fmt::Display for FileKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FileKind::Directory => "a directory",
+            FileKind::Fifo => "a FIFO",
+            FileKind::CharDevice => "a character device",
+            FileKind::BlockDevice => "a block device",
+            FileKind::Socket => "a socket",
+            FileKind::Unknown => "an unknown kind of file",
+        })
+    }
+}
+
+/// A server's refusal, `error: <reason>`, sorted by what the sender can do about it. The
+/// server's words are kept as they were said; `Display` gives them back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The name is taken — a file of that name exists, or another transfer of it is in
+    /// progress — and the same file under another name would go through.
+    NameTaken(String),
+    /// Anything else.
+    Other(String),
+}
+
+impl Refusal {
+    /// Sort the reason a server gave (the text after `error: `). The words that mean "the name
+    /// is taken" are the files service's own (`storage.rs`'s `StoreError`), compared whole.
+    pub fn new(reason: &str) -> Refusal {
+        let taken = [StoreError::Exists, StoreError::Busy].map(|e| e.to_string());
+        if taken.iter().any(|t| t == reason) {
+            Refusal::NameTaken(reason.to_string())
+        } else {
+            Refusal::Other(reason.to_string())
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::NameTaken(reason) | Refusal::Other(reason) => f.write_str(reason),
+        }
+    }
+}
 
 /// Send one file (or standard input); `Ok` only once the server has confirmed every byte, or,
 /// with `--seed`, once the receiver has taken them and closed.
@@ -403,15 +479,6 @@ pub fn stderr_is_terminal() -> bool {
     io::stderr().is_terminal()
 }
 
-/// An I/O error's reason without Rust's " (os error N)" suffix: `Connection refused`.
-fn why(e: &io::Error) -> String {
-    let s = e.to_string();
-    match s.rfind(" (os error ") {
-        Some(i) if s.ends_with(')') => s[..i].to_string(),
-        _ => s,
-    }
-}
-
 /// A duration as people write it: `30 s`, `0.5 s`.
 fn secs(d: Duration) -> String {
     let s = d.as_secs_f64();
@@ -515,16 +582,47 @@ mod tests {
             e.to_string(),
             "127.0.0.1:7002: timed out after 30 s waiting for the server's confirmation"
         );
-        let e = SendError::Refused {
-            addr: addr(),
-            reason: "file exists".into(),
+        for taken in ["file exists", "a transfer of that name is in progress"] {
+            let e = SendError::Refused {
+                addr: addr(),
+                reason: Refusal::new(taken),
+            };
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "127.0.0.1:7002 refused the file: {taken}; send it under another name with \
+                     --name NAME"
+                )
+            );
+        }
+        for other in [
+            "file too large: the limit is 5 bytes",
+            "file exists, sort of",
+        ] {
+            let e = SendError::Refused {
+                addr: addr(),
+                reason: Refusal::new(other),
+            };
+            assert_eq!(
+                e.to_string(),
+                format!("127.0.0.1:7002 refused the file: {other}")
+            );
+        }
+        // A directory has nothing to stream; a FIFO is pointed at `send -`.
+        let e = SendError::NotRegular {
+            path: "d".into(),
+            kind: FileKind::Directory,
         };
-        assert!(e.to_string().ends_with("with --name NAME"), "{e}");
-        let e = SendError::Refused {
-            addr: addr(),
-            reason: "file too large: the limit is 5 bytes".into(),
+        assert_eq!(e.to_string(), "d: is a directory, not a regular file");
+        let e = SendError::NotRegular {
+            path: "p".into(),
+            kind: FileKind::Fifo,
         };
-        assert!(!e.to_string().contains("--name"), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("use `resound send - --name NAME < p`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -56,9 +56,11 @@
 //!
 //! This file does blocking disk I/O on the event loop's thread. Writes land in the page cache
 //! and return in microseconds; when the kernel throttles a writer because too much is dirty, the
-//! whole loop waits for that one write. We accept this: each write is at most one read (64 KiB),
-//! so a stall is bounded by one write's latency, and the alternative (a thread pool or io_uring)
-//! would cost more complexity than this teaching server should carry. `done` means the file is
+//! whole loop waits for that one write. We accept this: each write is at most one read (up to
+//! 1 MiB, `server.rs`'s `BULK_BUDGET`, when an upload is alone in its loop turn; down to 64 KiB
+//! when many connections share it), so a stall is bounded by one write's latency, and the
+//! alternative (a thread pool or io_uring) would cost more complexity than this teaching server
+//! should carry. `done` means the file is
 //! complete and in place in the page cache; it is not `fsync`ed, so the promise holds across a
 //! crash of the process, not across a power cut (which may leave a published file short).
 
@@ -87,7 +89,9 @@ pub const LEGACY_PARTIAL_DIR: &str = ".resound-partial";
 pub const NAMED_TMP_PREFIX: &str = ".resound-tmp-";
 
 /// Set to `1`, this environment variable makes the server receive into named temporaries even
-/// where `O_TMPFILE` works: the switch the tests use to exercise the fallback.
+/// where `O_TMPFILE` works: the switch the tests of the binary (a server in a process of its
+/// own: several on one `--dir`, a resource limit) use to exercise the fallback. Unit tests
+/// choose with `Store::open_with`.
 pub const NAMED_TEMPORARIES_ENV: &str = "RESOUND_NAMED_TEMPORARIES";
 
 /// Permissions of a stored file (before the umask), as `open(2)` would give a new file.

@@ -30,7 +30,11 @@
 //! four units we need and the range check are a dozen lines here.
 //!
 //! Pure, apart from resolving a `HOST:PORT` with the system's resolver.
+//!
+//! One helper goes the other way, from a value to the words a user reads: [`strip_os_error`],
+//! an I/O error as `send` (and `bench`, which has its own copy for now) prints it.
 
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
@@ -286,10 +290,30 @@ pub fn parse_count(s: &str) -> Result<usize, String> {
     usize::try_from(n as u64).map_err(|_| format!("'{s}' is too large for this machine"))
 }
 
+// --- messages ---
+
+/// An I/O error's reason without Rust's ` (os error N)` suffix: `Connection refused`, as people
+/// read it in a message that already says what failed.
+pub fn strip_os_error(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) if s.ends_with(')') => s[..i].to_string(),
+        _ => s,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn test_os_errors_lose_their_number_and_nothing_else() {
+        let refused = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(strip_os_error(&refused), "Connection refused");
+        let ours = io::Error::other("bad (os error 5) in the middle");
+        assert_eq!(strip_os_error(&ours), "bad (os error 5) in the middle");
+    }
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)

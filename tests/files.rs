@@ -3,12 +3,12 @@
 
 mod util;
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::net::{Shutdown, SocketAddr};
+use std::path::Path;
+use std::process::Stdio;
 use std::thread;
 use std::time::Duration;
 
@@ -16,67 +16,17 @@ use resound::ServiceKind;
 use socket2::SockRef;
 use util::*;
 
-/// A fresh directory for received files, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let path = std::env::temp_dir().join(format!("resound-test-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        Dir(path)
-    }
-
-    /// The received files (the partial directory excluded), sorted.
-    fn files(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(&self.0)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n != ".resound-partial")
-            .collect();
-        names.sort();
-        names
-    }
-
-    /// Temporaries in progress or left behind that have a name (unnamed `O_TMPFILE` ones
-    /// cannot be left behind): the server's own `.resound-` names.
-    fn partials(&self) -> usize {
-        fs::read_dir(&self.0)
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .as_encoded_bytes()
-                    .starts_with(b".resound-")
-            })
-            .count()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn start_files(dir: &Dir, tweak: impl FnOnce(&mut resound::Config)) -> resound::Running {
-    let path = dir.0.clone();
-    start(|c| {
-        c.files = Some("127.0.0.1:0".parse().unwrap());
-        c.dir = path;
-        tweak(c)
-    })
-}
-
 /// Run `resound send FILE --to ADDR [extra]`; returns (success, stdout, stderr).
 fn resound_send(file: &Path, to: SocketAddr, extra: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_resound"))
-        .arg("send")
-        .arg(file)
-        .args(["--to", &to.to_string()])
-        .args(extra)
-        .output()
-        .unwrap();
+    let to = to.to_string();
+    let mut args: Vec<&OsStr> = vec![
+        "send".as_ref(),
+        file.as_os_str(),
+        "--to".as_ref(),
+        to.as_ref(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    let out = run_resound(&args, Stdio::null(), None);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -84,29 +34,15 @@ fn resound_send(file: &Path, to: SocketAddr, extra: &[&str]) -> (bool, String, S
     )
 }
 
-/// Connect, send a framed header, return the socket and the server's first reply bytes.
-fn framed(addr: SocketAddr, header: &[u8]) -> (TcpStream, Vec<u8>) {
-    let mut s = connect(addr);
-    s.write_all(header).unwrap();
-    let mut reply = [0; 2];
-    s.read_exact(&mut reply).unwrap();
-    let mut reply = reply.to_vec();
-    if reply != b"ok" {
-        s.read_to_end(&mut reply).unwrap();
-    }
-    (s, reply)
-}
-
 /// A 50 MiB random file arrives byte-identical, and `resound send` says so.
 #[test]
 fn fifty_mib_file_arrives_identical() {
     let dir = Dir::new("big");
     let src = Dir::new("big-src");
-    fs::create_dir_all(&src.0).unwrap();
     let file = src.0.join("random.bin");
     let data = pattern(12345, 50 << 20);
     fs::write(&file, &data).unwrap();
-    let server = start_files(&dir, |_| {});
+    let server = start_files(&dir.0, |_| {});
     let (ok, stdout, stderr) = resound_send(&file, server.addr(ServiceKind::Files), &[]);
     assert!(ok, "send failed: {stderr}");
     assert!(stdout.contains("stored, confirmed by blake3 "), "{stdout}");
@@ -116,7 +52,7 @@ fn fifty_mib_file_arrives_identical() {
         "no progress bar when stdout is a pipe"
     );
     assert_same(&fs::read(dir.0.join("random.bin")).unwrap(), &data);
-    assert_eq!(dir.partials(), 0);
+    dir.assert_holds(&["random.bin"]);
     let totals = server.stop().unwrap();
     assert_eq!(totals.files_stored, 1);
 }
@@ -125,7 +61,7 @@ fn fifty_mib_file_arrives_identical() {
 #[test]
 fn seed_form_raw_client() {
     let dir = Dir::new("seed");
-    let server = start_files(&dir, |_| {});
+    let server = start_files(&dir.0, |_| {});
     let mut s = connect(server.addr(ServiceKind::Files));
     s.write_all(b"from-go.txt").unwrap();
     let mut reply = [0; 2];
@@ -145,9 +81,9 @@ fn seed_form_raw_client() {
 #[test]
 fn empty_file_is_stored_empty() {
     let dir = Dir::new("empty");
-    let server = start_files(&dir, |_| {});
-    let (mut s, reply) = framed(server.addr(ServiceKind::Files), b"0 nothing\n");
-    assert_eq!(reply, b"ok");
+    let server = start_files(&dir.0, |_| {});
+    let (mut s, reply) = send_header(server.addr(ServiceKind::Files), b"0 nothing\n");
+    assert_eq!(reply, "ok");
     s.shutdown(Shutdown::Write).unwrap();
     let done = String::from_utf8(read_to_eof(&mut s)).unwrap();
     assert_eq!(
@@ -161,9 +97,9 @@ fn empty_file_is_stored_empty() {
 #[test]
 fn sha256_when_the_server_is_told_so() {
     let dir = Dir::new("sha256");
-    let server = start_files(&dir, |c| c.hash = resound::digest::Algorithm::Sha256);
-    let (mut s, reply) = framed(server.addr(ServiceKind::Files), b"5 hello.txt\n");
-    assert_eq!(reply, b"ok");
+    let server = start_files(&dir.0, |c| c.hash = resound::digest::Algorithm::Sha256);
+    let (mut s, reply) = send_header(server.addr(ServiceKind::Files), b"5 hello.txt\n");
+    assert_eq!(reply, "ok");
     s.write_all(b"hello").unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     assert_eq!(
@@ -178,7 +114,7 @@ fn sha256_when_the_server_is_told_so() {
 fn name_line_without_size_then_content_until_eof() {
     let dir = Dir::new("name-line");
     // A header timeout far past the test's read timeout: only the newline can end this header.
-    let server = start_files(&dir, |c| c.header_timeout = Duration::from_secs(3600));
+    let server = start_files(&dir.0, |c| c.header_timeout = Duration::from_secs(3600));
     let mut s = connect(server.addr(ServiceKind::Files));
     s.write_all(b"notes.txt\nfirst line\nsecond line\n")
         .unwrap();
@@ -200,7 +136,7 @@ fn name_line_without_size_then_content_until_eof() {
 fn seed_name_with_leading_digits_does_not_wait_for_the_header_timeout() {
     let dir = Dir::new("digits-space");
     // The header timeout is past the read timeout: an `ok` can only come from the silence rule.
-    let server = start_files(&dir, |c| c.header_timeout = Duration::from_secs(3600));
+    let server = start_files(&dir.0, |c| c.header_timeout = Duration::from_secs(3600));
     let mut s = connect(server.addr(ServiceKind::Files));
     s.write_all(b"2024 notes.txt").unwrap();
     let mut ok = [0; 2];
@@ -222,7 +158,7 @@ fn every_hostile_name_is_refused_and_nothing_is_created() {
     // The received directory sits alone in a parent, so an escape would show up there.
     let parent = Dir::new("hostile");
     let dir = Dir(parent.0.join("received"));
-    let server = start_files(&dir, |_| {});
+    let server = start_files(&dir.0, |_| {});
     let long = "n".repeat(256);
     let names: Vec<&[u8]> = vec![
         b"",
@@ -241,8 +177,7 @@ fn every_hostile_name_is_refused_and_nothing_is_created() {
         let mut header = b"5 ".to_vec();
         header.extend_from_slice(name);
         header.push(b'\n');
-        let (_, reply) = framed(server.addr(ServiceKind::Files), &header);
-        let reply = String::from_utf8_lossy(&reply);
+        let (_, reply) = send_header(server.addr(ServiceKind::Files), &header);
         assert!(
             reply.starts_with("error: invalid name"),
             "{name:?}: {reply}"
@@ -258,18 +193,10 @@ fn every_hostile_name_is_refused_and_nothing_is_created() {
             "{name:?}: {reply}"
         );
     }
-    assert!(dir.files().is_empty());
-    assert_eq!(dir.partials(), 0);
+    dir.assert_holds(&[]);
     drop(server);
-    let beside: Vec<_> = fs::read_dir(&parent.0)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(
-        beside,
-        ["received"],
-        "nothing appeared next to the directory"
-    );
+    // Nothing appeared next to the directory either.
+    parent.assert_holds(&["received"]);
 }
 
 /// 20 transfers at once all arrive intact.
@@ -277,8 +204,7 @@ fn every_hostile_name_is_refused_and_nothing_is_created() {
 fn twenty_concurrent_transfers() {
     let dir = Dir::new("concurrent");
     let src = Dir::new("concurrent-src");
-    fs::create_dir_all(&src.0).unwrap();
-    let server = start_files(&dir, |_| {});
+    let server = start_files(&dir.0, |_| {});
     let to = server.addr(ServiceKind::Files);
     let senders: Vec<_> = (0..20)
         .map(|i| {
@@ -306,51 +232,48 @@ fn twenty_concurrent_transfers() {
         let got = fs::read(dir.0.join(format!("file-{i:02}"))).unwrap();
         assert_same(&got, &pattern(i * 1000, 200_000 + i * 7919));
     }
-    assert_eq!(dir.partials(), 0);
+    let want: Vec<String> = (0..20).map(|i| format!("file-{i:02}")).collect();
+    dir.assert_holds(&want.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 /// A reset in the middle of the content leaves no file and no temporary.
 #[test]
 fn reset_mid_stream_leaves_nothing() {
     let dir = Dir::new("reset");
-    let server = start_files(&dir, |_| {});
-    let (mut s, reply) = framed(server.addr(ServiceKind::Files), b"1000000 cut.bin\n");
-    assert_eq!(reply, b"ok");
+    let server = start_files(&dir.0, |_| {});
+    let (mut s, reply) = send_header(server.addr(ServiceKind::Files), b"1000000 cut.bin\n");
+    assert_eq!(reply, "ok");
     s.write_all(&pattern(0, 300_000)).unwrap();
     SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
     drop(s);
     // Stopping the server waits for every connection to be released.
     server.stop().unwrap();
-    assert!(dir.files().is_empty());
-    assert_eq!(dir.partials(), 0);
+    dir.assert_holds(&[]);
 }
 
 /// A framed transfer that closes cleanly but early is reported short, and leaves nothing.
 #[test]
 fn framed_transfer_closed_early_leaves_nothing() {
     let dir = Dir::new("short");
-    let server = start_files(&dir, |_| {});
-    let (mut s, reply) = framed(server.addr(ServiceKind::Files), b"100 short.txt\n");
-    assert_eq!(reply, b"ok");
+    let server = start_files(&dir.0, |_| {});
+    let (mut s, reply) = send_header(server.addr(ServiceKind::Files), b"100 short.txt\n");
+    assert_eq!(reply, "ok");
     s.write_all(&[b'x'; 50]).unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     let answer = String::from_utf8(read_to_eof(&mut s)).unwrap();
     assert_eq!(answer, "error: short transfer: 50 of 100 bytes\n");
     server.stop().unwrap();
-    assert!(dir.files().is_empty());
-    assert_eq!(dir.partials(), 0);
+    dir.assert_holds(&[]);
 }
 
 /// An existing file is never overwritten; the sender is told, and `resound send` fails.
 #[test]
 fn existing_name_is_not_overwritten() {
     let dir = Dir::new("exists");
-    fs::create_dir_all(&dir.0).unwrap();
     fs::write(dir.0.join("keep.txt"), b"precious").unwrap();
     let src = Dir::new("exists-src");
-    fs::create_dir_all(&src.0).unwrap();
     fs::write(src.0.join("keep.txt"), b"intruder").unwrap();
-    let server = start_files(&dir, |_| {});
+    let server = start_files(&dir.0, |_| {});
     let (ok, _, stderr) = resound_send(
         &src.0.join("keep.txt"),
         server.addr(ServiceKind::Files),
@@ -381,9 +304,9 @@ fn existing_name_is_not_overwritten() {
 #[test]
 fn max_file_size_is_enforced_both_ways() {
     let dir = Dir::new("max");
-    let server = start_files(&dir, |c| c.max_file_size = 1000);
-    let (_, reply) = framed(server.addr(ServiceKind::Files), b"1001 big\n");
-    assert_eq!(reply, b"error: file too large: the limit is 1000 bytes\n");
+    let server = start_files(&dir.0, |c| c.max_file_size = 1000);
+    let (_, reply) = send_header(server.addr(ServiceKind::Files), b"1001 big\n");
+    assert_eq!(reply, "error: file too large: the limit is 1000 bytes\n");
 
     let mut s = connect(server.addr(ServiceKind::Files));
     s.write_all(b"growing").unwrap();
@@ -394,8 +317,7 @@ fn max_file_size_is_enforced_both_ways() {
     let _ = s.read_to_end(&mut answer);
     assert!(answer.starts_with(b"error: file too large"), "{answer:?}");
     server.stop().unwrap();
-    assert!(dir.files().is_empty());
-    assert_eq!(dir.partials(), 0);
+    dir.assert_holds(&[]);
 }
 
 /// A client that connects and never sends, or trickles its header byte by byte (a
@@ -403,7 +325,7 @@ fn max_file_size_is_enforced_both_ways() {
 #[test]
 fn header_that_never_arrives_times_out() {
     let dir = Dir::new("slowloris");
-    let server = start_files(&dir, |c| c.header_timeout = Duration::from_millis(300));
+    let server = start_files(&dir.0, |c| c.header_timeout = Duration::from_millis(300));
     let mut silent = connect(server.addr(ServiceKind::Files));
     assert_eq!(read_to_eof(&mut silent), b"error: header timeout\n");
 
@@ -418,7 +340,7 @@ fn header_that_never_arrives_times_out() {
     let mut answer = Vec::new();
     let _ = trickle.read_to_end(&mut answer); // EOF, or a reset once the trickle hits a closed socket
     assert!(answer.starts_with(b"error: header timeout\n"), "{answer:?}");
-    assert!(dir.files().is_empty());
+    dir.assert_holds(&[]);
 }
 
 /// A seed-form name that looks like the start of a framed header ("123") is taken as a name
@@ -426,7 +348,7 @@ fn header_that_never_arrives_times_out() {
 #[test]
 fn seed_name_that_looks_like_a_header_still_works() {
     let dir = Dir::new("digits");
-    let server = start_files(&dir, |c| c.header_timeout = Duration::from_millis(300));
+    let server = start_files(&dir.0, |c| c.header_timeout = Duration::from_millis(300));
     let mut s = connect(server.addr(ServiceKind::Files));
     s.write_all(b"123").unwrap();
     let mut ok = [0; 2];
@@ -442,42 +364,43 @@ fn seed_name_that_looks_like_a_header_still_works() {
     assert_eq!(fs::read(dir.0.join("123")).unwrap(), b"digits");
 }
 
-/// A write error (here RLIMIT_FSIZE, as a full disk would) answers `error`, removes the
-/// partial file, and the server goes on serving.
-#[test]
-fn write_error_is_reported_and_the_server_carries_on() {
-    let dir = Dir::new("fsize");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_resound"));
-    cmd.args(["serve", "--files", "127.0.0.1:0", "--dir"])
-        .arg(&dir.0);
-    // SAFETY: setrlimit is async-signal-safe; it runs in the child between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 1 << 20,
-                rlim_max: 1 << 20,
-            };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+/// A write error (here RLIMIT_FSIZE, as a full disk would) answers `error`, leaves nothing —
+/// with named temporaries, the one that was written is removed — and the server goes on
+/// serving. A process of its own (for the limit), so the named temporaries are chosen with
+/// the environment variable.
+fn write_error_is_reported_and_the_server_carries_on(named: bool) {
+    let dir = Dir::new(&format!("fsize-{named}"));
+    let mut cmd = files_command(&dir.0);
+    with_rlimit(&mut cmd, libc::RLIMIT_FSIZE, 1 << 20);
+    if named {
+        cmd.env(NAMED_TEMPORARIES_ENV, "1");
     }
     let mut server = ServerProcess::start_command(cmd, 1);
     let addr = server.addr("files");
-    let (mut s, reply) = framed(addr, b"3000000 too-big.bin\n");
-    assert_eq!(reply, b"ok");
+    let (mut s, reply) = send_header(addr, b"3000000 too-big.bin\n");
+    assert_eq!(reply, "ok");
+    // The temporary exists from the `ok` on: visible only if named, so that the check after
+    // the failure below means something.
+    let during = dir.names();
+    if named {
+        assert!(
+            during.len() == 1 && during[0].starts_with(".resound-tmp-"),
+            "{during:?}"
+        );
+    } else {
+        assert!(during.is_empty(), "{during:?}");
+    }
     let _ = s.write_all(&pattern(0, 3_000_000));
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("error: cannot store file"), "{answer}");
-    assert!(dir.files().is_empty());
-    assert_eq!(dir.partials(), 0);
+    // The temporary is dropped before the error is sent.
+    dir.assert_holds(&[]);
 
     // Still serving.
-    let (mut s, reply) = framed(addr, b"5 small.txt\n");
-    assert_eq!(reply, b"ok");
+    let (mut s, reply) = send_header(addr, b"5 small.txt\n");
+    assert_eq!(reply, "ok");
     s.write_all(b"small").unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     assert!(
@@ -485,17 +408,27 @@ fn write_error_is_reported_and_the_server_carries_on() {
             .unwrap()
             .starts_with("done 5 ")
     );
-    server.signal(libc::SIGTERM);
-    assert!(server.wait().success());
+    stop_gracefully(&mut server);
+    dir.assert_holds(&["small.txt"]);
+}
+
+#[test]
+fn write_error_is_reported_and_leaves_nothing() {
+    write_error_is_reported_and_the_server_carries_on(false);
+}
+
+#[test]
+fn write_error_is_reported_and_leaves_nothing_with_named_temporaries() {
+    write_error_is_reported_and_the_server_carries_on(true);
 }
 
 /// A graceful stop lets a transfer in progress finish.
 #[test]
 fn graceful_stop_lets_a_transfer_finish() {
     let dir = Dir::new("drain");
-    let server = start_files(&dir, |_| {});
-    let (mut s, reply) = framed(server.addr(ServiceKind::Files), b"10 late.txt\n");
-    assert_eq!(reply, b"ok");
+    let server = start_files(&dir.0, |_| {});
+    let (mut s, reply) = send_header(server.addr(ServiceKind::Files), b"10 late.txt\n");
+    assert_eq!(reply, "ok");
     s.write_all(b"01234").unwrap();
     server.handle().shutdown();
     s.write_all(b"56789").unwrap();

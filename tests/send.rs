@@ -10,8 +10,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -20,40 +20,6 @@ use resound::ServiceKind;
 use resound::digest::{self, Algorithm};
 use resound::send::{self, SendOptions, Sent, Source};
 use util::*;
-
-/// A fresh directory, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let path = std::env::temp_dir().join(format!("resound-send-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).unwrap();
-        Dir(path)
-    }
-
-    fn file(&self, name: &str, data: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
-        fs::write(&path, data).unwrap();
-        path
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A files service on port 0 storing into `dir`.
-fn files_server(dir: &Dir, tweak: impl FnOnce(&mut resound::Config)) -> resound::Running {
-    let path = dir.0.clone();
-    start(|c| {
-        c.files = Some("127.0.0.1:0".parse().unwrap());
-        c.dir = path;
-        tweak(c)
-    })
-}
 
 /// In-process `send` of a file.
 fn send_file(file: &Path, to: SocketAddr, name: &str, sendfile: bool) -> Result<Sent, String> {
@@ -69,47 +35,77 @@ fn send_file(file: &Path, to: SocketAddr, name: &str, sendfile: bool) -> Result<
     .map_err(|e| e.to_string())
 }
 
-/// `resound send ARGS` as a child process; its stdin is given, or fed by `feed` on a thread.
-/// Bounded: a child still running after `TIMEOUT` is killed and the test fails.
-fn run_send(
-    args: &[&OsStr],
-    stdin: Stdio,
-    feed: Option<Box<dyn FnOnce(std::process::ChildStdin) + Send>>,
-) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_resound"))
-        .arg("send")
-        .args(args)
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn resound send");
-    if let Some(feed) = feed {
-        let pipe = child.stdin.take().expect("piped stdin");
-        thread::spawn(move || feed(pipe));
+/// `resound send ARGS` as a child process (bounded: see [`run_resound`]); its stdin is given,
+/// or fed by `feed` on a thread.
+fn run_send(args: &[&OsStr], stdin: Stdio, feed: Option<Feed>) -> Output {
+    let args: Vec<&OsStr> = std::iter::once("send".as_ref())
+        .chain(args.iter().copied())
+        .collect();
+    run_resound(&args, stdin, feed)
+}
+
+/// The file stored as `name` in `dst` is `data`, and `sent` was confirmed with its `algorithm`
+/// hash.
+fn assert_stored(dst: &Dir, name: &str, data: &[u8], sent: &Sent, algorithm: Algorithm) {
+    let stored = fs::read(dst.path(name)).unwrap();
+    assert_same(&stored, data);
+    assert_eq!(
+        sent.confirmed,
+        Some(digest::hash(algorithm, &stored)),
+        "{name}"
+    );
+}
+
+/// How a fake receiver knows that the header is over.
+enum HeaderEnd {
+    /// At its newline (what `resound send` sends for a file or a stream).
+    Newline,
+    /// After this many bytes: the seeds' bare name, which has no end of its own.
+    Bytes(usize),
+}
+
+/// A fake receiver's start: accept one connection (reads time out after [`TIMEOUT`]), read the
+/// header, answer `ok`. Returns the connection and the header.
+fn accept_and_ok(listener: &TcpListener, end: HeaderEnd) -> (TcpStream, Vec<u8>) {
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // Byte by byte: reading exactly the header does not depend on how it was segmented.
+    let over = |header: &[u8]| match end {
+        HeaderEnd::Newline => header.ends_with(b"\n"),
+        HeaderEnd::Bytes(n) => header.len() == n,
+    };
+    let mut header = Vec::new();
+    let mut byte = [0; 1];
+    while !over(&header) {
+        s.read_exact(&mut byte).unwrap();
+        header.push(byte[0]);
     }
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(TIMEOUT) {
-        Ok(out) => out.expect("wait for resound send"),
-        Err(_) => {
-            // SAFETY: kill(2) on our own child's pid, which has not been reaped (the waiting
-            // thread has not returned).
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("resound send {args:?} did not finish within {TIMEOUT:?}");
-        }
-    }
+    s.write_all(b"ok").unwrap();
+    (s, header)
 }
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Sizes around the server's 64 KiB reads, an empty file, a single byte, and several MiB.
-const SIZES: [usize; 5] = [0, 1, 64 * 1024 - 1, 64 * 1024 + 1, 5 << 20];
+/// An empty file, a single byte, sizes around each boundary a transfer crosses — the server's
+/// smallest read (64 KiB, when many connections share a loop turn), the sender's chunk
+/// (256 KiB, `send/wire.rs`'s CHUNK), the server's largest read (1 MiB, an upload alone in its
+/// turn) — and several MiB.
+const SIZES: [usize; 12] = [
+    0,
+    1,
+    (64 << 10) - 1,
+    (64 << 10) + 1,
+    (256 << 10) - 1,
+    256 << 10,
+    (256 << 10) + 1,
+    (1 << 20) - 1,
+    1 << 20,
+    (1 << 20) + 1,
+    (1 << 20) + (256 << 10) + 1,
+    5 << 20,
+];
 
 /// For each size, with `sendfile` and copied: the stored file is the one sent, and its BLAKE3
 /// hash is the one in the server's final line.
@@ -117,7 +113,7 @@ const SIZES: [usize; 5] = [0, 1, 64 * 1024 - 1, 64 * 1024 + 1, 5 << 20];
 fn stored_hash_equals_the_final_line_for_every_size() {
     let src = Dir::new("sizes-src");
     let dst = Dir::new("sizes-dst");
-    let server = files_server(&dst, |_| {});
+    let server = start_files(&dst.0, |_| {});
     let to = server.addr(ServiceKind::Files);
     for size in SIZES {
         let data = pattern(size, size);
@@ -128,13 +124,7 @@ fn stored_hash_equals_the_final_line_for_every_size() {
             assert_eq!(sent.bytes, size as u64);
             // A regular file goes out with sendfile when asked (no silent fallback here).
             assert_eq!(sent.sendfile, sendfile, "{name}");
-            let stored = fs::read(dst.0.join(&name)).unwrap();
-            assert_same(&stored, &data);
-            assert_eq!(
-                sent.confirmed,
-                Some(digest::hash(Algorithm::Blake3, &stored)),
-                "{name}"
-            );
+            assert_stored(&dst, &name, &data, &sent, Algorithm::Blake3);
         }
     }
 }
@@ -145,18 +135,14 @@ fn stored_hash_equals_the_final_line_for_every_size() {
 fn sha256_server_is_checked_too() {
     let src = Dir::new("sha-src");
     let dst = Dir::new("sha-dst");
-    let server = files_server(&dst, |c| c.hash = Algorithm::Sha256);
+    let server = start_files(&dst.0, |c| c.hash = Algorithm::Sha256);
     let to = server.addr(ServiceKind::Files);
     for size in [0, 64 * 1024 + 1, 5 << 20] {
         let data = pattern(7 * size, size);
         let file = src.file(&format!("in-{size}"), &data);
-        let sent = send_file(&file, to, &format!("out-{size}"), true).unwrap();
-        let stored = fs::read(dst.0.join(format!("out-{size}"))).unwrap();
-        assert_same(&stored, &data);
-        assert_eq!(
-            sent.confirmed,
-            Some(digest::hash(Algorithm::Sha256, &stored))
-        );
+        let name = format!("out-{size}");
+        let sent = send_file(&file, to, &name, true).unwrap();
+        assert_stored(&dst, &name, &data, &sent, Algorithm::Sha256);
     }
 }
 
@@ -166,15 +152,15 @@ fn sha256_server_is_checked_too() {
 fn sendfile_and_plain_copy_store_identical_files() {
     let src = Dir::new("same-src");
     let dst = Dir::new("same-dst");
-    let server = files_server(&dst, |_| {});
+    let server = start_files(&dst.0, |_| {});
     let to = server.addr(ServiceKind::Files);
     let data = pattern(99, (3 << 20) + 12345);
     let file = src.file("payload", &data);
     let a = send_file(&file, to, "via-sendfile", true).unwrap();
     let b = send_file(&file, to, "via-copy", false).unwrap();
     assert!(a.sendfile && !b.sendfile);
-    let via_sendfile = fs::read(dst.0.join("via-sendfile")).unwrap();
-    let via_copy = fs::read(dst.0.join("via-copy")).unwrap();
+    let via_sendfile = fs::read(dst.path("via-sendfile")).unwrap();
+    let via_copy = fs::read(dst.path("via-copy")).unwrap();
     assert_same(&via_sendfile, &via_copy);
     assert_same(&via_sendfile, &data);
     assert_eq!(a.confirmed, b.confirmed);
@@ -186,7 +172,7 @@ fn sendfile_and_plain_copy_store_identical_files() {
 fn standard_input_is_sent_and_confirmed() {
     let dst = Dir::new("stdin-dst");
     for algorithm in Algorithm::ALL {
-        let server = files_server(&dst, |c| c.hash = algorithm);
+        let server = start_files(&dst.0, |c| c.hash = algorithm);
         let to = server.addr(ServiceKind::Files).to_string();
         let data = pattern(5, (2 << 20) + 3);
         let feed = data.clone();
@@ -206,7 +192,7 @@ fn standard_input_is_sent_and_confirmed() {
             })),
         );
         assert!(out.status.success(), "{}", text(&out.stderr));
-        let stored = fs::read(dst.0.join(&name)).unwrap();
+        let stored = fs::read(dst.path(&name)).unwrap();
         assert_same(&stored, &data);
         let stdout = text(&out.stdout);
         let want = format!(
@@ -260,17 +246,9 @@ fn seed_protocol_receiver_that_never_confirms() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let receiver = thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        s.set_read_timeout(Some(TIMEOUT)).unwrap();
         // The Go receiver does one Read for the name; reading until the name is complete is
-        // the same on loopback and does not depend on how it was segmented.
-        let mut name = Vec::new();
-        let mut byte = [0; 1];
-        while name.len() < b"seeded.bin".len() {
-            s.read_exact(&mut byte).unwrap();
-            name.push(byte[0]);
-        }
-        s.write_all(b"ok").unwrap();
+        // the same on loopback.
+        let (mut s, name) = accept_and_ok(&listener, HeaderEnd::Bytes(b"seeded.bin".len()));
         let mut content = Vec::new();
         s.read_to_end(&mut content).unwrap();
         (name, content) // dropping `s` closes: all a seed receiver ever says
@@ -298,7 +276,7 @@ fn seed_protocol_receiver_that_never_confirms() {
 fn seed_protocol_against_resound_is_confirmed() {
     let src = Dir::new("seed-resound-src");
     let dst = Dir::new("seed-resound-dst");
-    let server = files_server(&dst, |_| {});
+    let server = start_files(&dst.0, |_| {});
     let data = pattern(11, 100_000);
     let file = src.file("seed-to-resound", &data);
     let sent = send::send(&SendOptions {
@@ -311,12 +289,7 @@ fn seed_protocol_against_resound_is_confirmed() {
         sendfile: true,
     })
     .unwrap();
-    let stored = fs::read(dst.0.join("seed-to-resound")).unwrap();
-    assert_same(&stored, &data);
-    assert_eq!(
-        sent.confirmed,
-        Some(digest::hash(Algorithm::Blake3, &stored))
-    );
+    assert_stored(&dst, "seed-to-resound", &data, &sent, Algorithm::Blake3);
 }
 
 /// A seed receiver that resets the connection instead of closing it has not taken the file:
@@ -328,10 +301,7 @@ fn seed_receiver_that_resets_is_a_failure() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut name = [0; 9];
-        s.read_exact(&mut name).unwrap();
-        s.write_all(b"ok").unwrap();
+        let (mut s, _) = accept_and_ok(&listener, HeaderEnd::Bytes(b"reset.bin".len()));
         let mut some = [0; 1000];
         s.read_exact(&mut some).unwrap();
         socket2::SockRef::from(&s)
@@ -363,7 +333,7 @@ fn seed_receiver_that_resets_is_a_failure() {
 #[test]
 fn refusal_mid_stream_stops_the_sender_with_the_reason() {
     let dst = Dir::new("refuse-dst");
-    let server = files_server(&dst, |c| c.max_file_size = 1 << 20);
+    let server = start_files(&dst.0, |c| c.max_file_size = 1 << 20);
     let to = server.addr(ServiceKind::Files).to_string();
     let out = run_send(
         &[
@@ -388,7 +358,7 @@ fn refusal_mid_stream_stops_the_sender_with_the_reason() {
         )
     );
     server.stop().unwrap();
-    assert!(!dst.0.join("endless").exists());
+    assert!(!dst.path("endless").exists());
 }
 
 /// The same for a file, against a receiver that says `error: ...` mid-stream and then stops
@@ -398,23 +368,20 @@ fn refusal_mid_stream_stops_the_sender_with_the_reason() {
 fn refusal_mid_file_is_heard_while_writing() {
     let src = Dir::new("refuse-file-src");
     // Sparse: 256 MiB of zeros, far more than loopback socket buffers hold, and no disk.
-    let file = src.0.join("huge.bin");
+    let file = src.path("huge.bin");
     File::create(&file).unwrap().set_len(256 << 20).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let receiver = thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        s.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let header = read_header(&mut s);
-        s.write_all(b"ok").unwrap();
+        let (mut s, header) = accept_and_ok(&listener, HeaderEnd::Newline);
         let mut some = vec![0; 1 << 20];
         s.read_exact(&mut some).unwrap();
         s.write_all(b"error: cannot store file: No space left on device\n")
             .unwrap();
         // Hold the connection, reading nothing, until the sender has exited.
         let _ = done_rx.recv_timeout(TIMEOUT);
-        header
+        String::from_utf8(header).unwrap()
     });
     let out = run_send(
         &[
@@ -451,10 +418,7 @@ fn file_growing_during_send_fails_and_resets() {
     let addr = listener.local_addr().unwrap();
     let path = file.clone();
     let receiver = thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        s.set_read_timeout(Some(TIMEOUT)).unwrap();
-        read_header(&mut s);
-        s.write_all(b"ok").unwrap();
+        let (mut s, _) = accept_and_ok(&listener, HeaderEnd::Newline);
         // The sender is mid-file: 1 MiB read of 32, and the rest cannot fit in the buffers.
         let mut some = vec![0; 1 << 20];
         s.read_exact(&mut some).unwrap();
@@ -573,7 +537,7 @@ fn errors_name_the_address_and_what_was_awaited() {
 fn no_progress_without_a_terminal() {
     let src = Dir::new("quiet-src");
     let dst = Dir::new("quiet-dst");
-    let server = files_server(&dst, |_| {});
+    let server = start_files(&dst.0, |_| {});
     let file = src.file("q.bin", &pattern(0, 3 << 20));
     let to = server.addr(ServiceKind::Files).to_string();
     let out = run_send(
@@ -589,17 +553,6 @@ fn no_progress_without_a_terminal() {
         stdout.starts_with("sent \"q.bin\": 3.0 MiB in "),
         "{stdout}"
     );
-}
-
-/// Read a header up to its newline (the receivers here only serve `resound send`).
-fn read_header(s: &mut TcpStream) -> String {
-    let mut header = Vec::new();
-    let mut byte = [0; 1];
-    while !header.ends_with(b"\n") {
-        s.read_exact(&mut byte).unwrap();
-        header.push(byte[0]);
-    }
-    String::from_utf8(header).unwrap()
 }
 
 /// A loopback address with no listener: bound to learn a free port, then closed.

@@ -19,7 +19,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use super::SendError;
+use super::{FileKind, SendError};
 use crate::digest::{Algorithm, Digest, Hasher};
 
 /// Where the bytes come from.
@@ -102,17 +102,17 @@ impl Input {
         let ft = meta.file_type();
         if !ft.is_file() {
             let kind = if ft.is_dir() {
-                "a directory"
+                FileKind::Directory
             } else if ft.is_fifo() {
-                "a FIFO"
+                FileKind::Fifo
             } else if ft.is_char_device() {
-                "a character device"
+                FileKind::CharDevice
             } else if ft.is_block_device() {
-                "a block device"
+                FileKind::BlockDevice
             } else if ft.is_socket() {
-                "a socket"
+                FileKind::Socket
             } else {
-                "not a regular file"
+                FileKind::Unknown
             };
             return Err(SendError::NotRegular {
                 path: label.clone(),

@@ -11,7 +11,7 @@
 //!
 //! The bytes go out with `sendfile(2)` from a regular file — the kernel hands the file's page-cache
 //! pages to the socket, and the content is never copied through this process for sending — or
-//! with `write` from the buffer they were read into (standard input, `--no-sendfile`, or a file
+//! with `write` from the buffer they were read into (standard input, `--sendfile off`, or a file
 //! whose filesystem has no `sendfile`: the first `EINVAL`/`ENOSYS`/`EOPNOTSUPP` switches to it).
 //! Either way the bytes are hashed from that buffer: it holds exactly the range about to be sent.
 
@@ -22,9 +22,9 @@ use std::time::Duration;
 
 use socket2::SockRef;
 
-use super::SendError;
 use super::input::Input;
 use super::progress::Progress;
+use super::{Refusal, SendError};
 use crate::digest::Hasher;
 
 /// Bytes read, hashed and handed to the socket at a time. Big enough that per-chunk costs (a
@@ -308,7 +308,7 @@ impl Conn {
         match line.strip_prefix("error") {
             Some(reason) => SendError::Refused {
                 addr: self.addr,
-                reason: reason.trim_start_matches([':', ' ']).to_string(),
+                reason: Refusal::new(reason.trim_start_matches([':', ' '])),
             },
             None if line.is_empty() => SendError::Closed {
                 addr: self.addr,

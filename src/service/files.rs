@@ -347,6 +347,10 @@ struct Receiving {
     hasher: Hasher,
 }
 
+/// The transfer machine's own interface, in the sans-IO manner of quinn-proto: inputs are
+/// `handle_*` (bytes, EOF, a timer), each with `now`, each answering with an [`Outcome`]; when
+/// to be woken next is [`Transfer::poll_deadline`]. No socket, no clock. The [`Service`]
+/// implementation below is the only caller besides the tests.
 impl Transfer {
     /// A connection that just arrived: waiting for its header.
     pub fn new(now: Instant) -> Transfer {
@@ -363,7 +367,7 @@ impl Transfer {
     }
 
     /// Bytes arrived.
-    pub fn on_input(
+    pub fn handle_input(
         &mut self,
         data: &[u8],
         now: Instant,
@@ -373,10 +377,24 @@ impl Transfer {
         self.last_input = now;
         match &mut self.stage {
             Stage::Header(buf) => {
-                buf.extend_from_slice(data);
+                // The parser never looks past MAX_HEADER bytes, so the buffer keeps no more
+                // (and allocates no more). The rest of this read — content sent without
+                // waiting for "ok", up to a whole 1 MiB read — goes to the content path
+                // straight from `data`, never copied here.
+                let take = data.len().min(MAX_HEADER - buf.len());
+                let want = buf.len() + take;
+                if want > buf.capacity() {
+                    // Doubling, as a Vec grows, but never past MAX_HEADER.
+                    let cap = (2 * buf.capacity()).max(want).clamp(16, MAX_HEADER);
+                    buf.reserve_exact(cap - buf.len());
+                }
+                buf.extend_from_slice(&data[..take]);
+                let rest = &data[take..];
                 let buf = std::mem::take(buf);
                 match parse_header(&buf) {
                     Header::Incomplete { .. } => {
+                        // Incomplete means shorter than MAX_HEADER: all of `data` was taken.
+                        debug_assert!(rest.is_empty());
                         self.stage = Stage::Header(buf);
                         Outcome::Continue
                     }
@@ -389,10 +407,7 @@ impl Transfer {
                             return self.refuse(reason);
                         }
                         // A sender that did not wait for "ok" sent content already.
-                        match self.receive(&buf[len..], limits) {
-                            Outcome::Continue => Outcome::Reply(OK),
-                            refused => refused,
-                        }
+                        self.first_content(&buf[len..], rest, limits)
                     }
                     Header::NameLine { name, len } => {
                         // No size: like the bare name, the content runs until EOF, and the
@@ -400,10 +415,7 @@ impl Transfer {
                         if let Err(reason) = self.begin(name, None, now, store, limits) {
                             return self.refuse(reason);
                         }
-                        match self.receive(&buf[len..], limits) {
-                            Outcome::Continue => Outcome::Reply(OK),
-                            refused => refused,
-                        }
+                        self.first_content(&buf[len..], rest, limits)
                     }
                 }
             }
@@ -413,7 +425,7 @@ impl Transfer {
     }
 
     /// The sender's FIN.
-    pub fn on_eof(&mut self) -> Outcome {
+    pub fn handle_eof(&mut self) -> Outcome {
         match std::mem::replace(&mut self.stage, Stage::Over) {
             Stage::Header(buf) if buf.is_empty() => Outcome::Continue,
             Stage::Header(_) => Outcome::Refuse("incomplete header".into()),
@@ -444,8 +456,9 @@ impl Transfer {
         }
     }
 
-    /// A deadline from [`Transfer::deadline`] passed.
-    pub fn on_timer(&mut self, now: Instant, store: &mut Store, limits: &Limits) -> Outcome {
+    /// A timer fired. Called early (a spurious wake-up, a deadline that moved), it does
+    /// nothing: every rule below checks its own time.
+    pub fn handle_timer(&mut self, now: Instant, store: &mut Store, limits: &Limits) -> Outcome {
         match &self.stage {
             Stage::Header(buf) => {
                 let expired = now >= self.started + limits.header_timeout;
@@ -468,8 +481,8 @@ impl Transfer {
         }
     }
 
-    /// When [`Transfer::on_timer`] should next be called.
-    pub fn deadline(&self, limits: &Limits) -> Option<Instant> {
+    /// When [`Transfer::handle_timer`] should next be called.
+    pub fn poll_deadline(&self, limits: &Limits) -> Option<Instant> {
         match &self.stage {
             Stage::Header(buf) => {
                 let header = self.started + limits.header_timeout;
@@ -521,6 +534,19 @@ impl Transfer {
         Ok(())
     }
 
+    /// The content that came with the header, in order: what followed the newline in the
+    /// header buffer, then the rest of the read. `ok`, unless it already breaks a limit.
+    fn first_content(&mut self, buffered: &[u8], rest: &[u8], limits: &Limits) -> Outcome {
+        match self.receive(buffered, limits) {
+            Outcome::Continue => {}
+            refused => return refused,
+        }
+        match self.receive(rest, limits) {
+            Outcome::Continue => Outcome::Reply(OK),
+            refused => refused,
+        }
+    }
+
     /// Content bytes: checked against the limits, written, hashed.
     fn receive(&mut self, data: &[u8], limits: &Limits) -> Outcome {
         let Stage::Receiving(r) = &mut self.stage else {
@@ -558,29 +584,26 @@ impl Service for Transfer {
         let Some(store) = cx.shared.store.as_mut() else {
             return; // no files listener, so no files connection
         };
-        let outcome = Transfer::on_input(self, data, cx.now, store, &cx.shared.file_limits);
+        let outcome = self.handle_input(data, cx.now, store, &cx.shared.file_limits);
         carry_out(outcome, cx);
     }
 
     fn on_eof(&mut self, cx: &mut Cx<'_>) {
-        let outcome = Transfer::on_eof(self);
+        let outcome = self.handle_eof();
         carry_out(outcome, cx);
     }
 
     fn on_timer(&mut self, cx: &mut Cx<'_>) {
-        let limits = cx.shared.file_limits;
-        if Transfer::deadline(self, &limits).is_none_or(|d| d > cx.now) {
-            return;
-        }
+        // No deadline check here: before its deadline `handle_timer` answers `Continue`.
         let Some(store) = cx.shared.store.as_mut() else {
             return;
         };
-        let outcome = Transfer::on_timer(self, cx.now, store, &limits);
+        let outcome = self.handle_timer(cx.now, store, &cx.shared.file_limits);
         carry_out(outcome, cx);
     }
 
     fn deadline(&self, shared: &Shared) -> Option<Instant> {
-        Transfer::deadline(self, &shared.file_limits)
+        self.poll_deadline(&shared.file_limits)
     }
 
     fn on_stop(&self) -> OnStop {
@@ -900,18 +923,18 @@ mod tests {
         let (dir, mut store, t0) = setup("xfer-framed");
         let mut t = Transfer::new(t0);
         assert_eq!(
-            t.on_input(b"5 hi.txt\n", t0, &mut store, &LIMITS),
+            t.handle_input(b"5 hi.txt\n", t0, &mut store, &LIMITS),
             Outcome::Reply(OK)
         );
         assert_eq!(
-            t.on_input(b"hel", t0, &mut store, &LIMITS),
+            t.handle_input(b"hel", t0, &mut store, &LIMITS),
             Outcome::Continue
         );
         assert_eq!(
-            t.on_input(b"lo", t0, &mut store, &LIMITS),
+            t.handle_input(b"lo", t0, &mut store, &LIMITS),
             Outcome::Continue
         );
-        let Outcome::Done { line, bytes, .. } = t.on_eof() else {
+        let Outcome::Done { line, bytes, .. } = t.handle_eof() else {
             panic!("not done")
         };
         assert_eq!(bytes, 5);
@@ -931,8 +954,8 @@ mod tests {
             ..LIMITS
         };
         let mut t = Transfer::new(t0);
-        t.on_input(b"5 hi.txt\nhello", t0, &mut store, &limits);
-        let Outcome::Done { line, .. } = t.on_eof() else {
+        t.handle_input(b"5 hi.txt\nhello", t0, &mut store, &limits);
+        let Outcome::Done { line, .. } = t.handle_eof() else {
             panic!("not done")
         };
         // `printf hello | sha256sum`
@@ -950,10 +973,10 @@ mod tests {
         let pause = MAYBE_FRAMED_SILENCE - Duration::from_millis(1);
         for (i, b) in header.iter().enumerate() {
             let later = t0 + pause * i as u32; // long pauses between bytes
-            let out = t.on_input(&[*b], later, &mut store, &LIMITS);
+            let out = t.handle_input(&[*b], later, &mut store, &LIMITS);
             // Silence short of a second never makes a partial framed header a seed name.
             assert_eq!(
-                t.on_timer(later + pause, &mut store, &LIMITS),
+                t.handle_timer(later + pause, &mut store, &LIMITS),
                 Outcome::Continue
             );
             if i + 1 < header.len() {
@@ -962,8 +985,8 @@ mod tests {
                 assert_eq!(out, Outcome::Reply(OK));
             }
         }
-        t.on_input(b"xyz", t0, &mut store, &LIMITS);
-        assert!(matches!(t.on_eof(), Outcome::Done { bytes: 3, .. }));
+        t.handle_input(b"xyz", t0, &mut store, &LIMITS);
+        assert!(matches!(t.handle_eof(), Outcome::Done { bytes: 3, .. }));
         assert_eq!(fs::read(dir.0.join("abc")).unwrap(), b"xyz");
     }
 
@@ -972,20 +995,20 @@ mod tests {
         let (dir, mut store, t0) = setup("xfer-seed");
         let mut t = Transfer::new(t0);
         assert_eq!(
-            t.on_input(b"notes.txt", t0, &mut store, &LIMITS),
+            t.handle_input(b"notes.txt", t0, &mut store, &LIMITS),
             Outcome::Continue
         );
-        assert_eq!(t.deadline(&LIMITS), Some(t0 + SEED_SILENCE));
+        assert_eq!(t.poll_deadline(&LIMITS), Some(t0 + SEED_SILENCE));
         assert_eq!(
-            t.on_timer(t0 + SEED_SILENCE / 2, &mut store, &LIMITS),
+            t.handle_timer(t0 + SEED_SILENCE / 2, &mut store, &LIMITS),
             Outcome::Continue
         );
         assert_eq!(
-            t.on_timer(t0 + SEED_SILENCE, &mut store, &LIMITS),
+            t.handle_timer(t0 + SEED_SILENCE, &mut store, &LIMITS),
             Outcome::Reply(OK)
         );
-        t.on_input(b"line one\n", t0, &mut store, &LIMITS);
-        assert!(matches!(t.on_eof(), Outcome::Done { bytes: 9, .. }));
+        t.handle_input(b"line one\n", t0, &mut store, &LIMITS);
+        assert!(matches!(t.handle_eof(), Outcome::Done { bytes: 9, .. }));
         assert_eq!(fs::read(dir.0.join("notes.txt")).unwrap(), b"line one\n");
     }
 
@@ -993,15 +1016,18 @@ mod tests {
     fn test_seed_name_that_looks_like_a_header_waits_one_second_of_silence() {
         let (dir, mut store, t0) = setup("xfer-seed-digits");
         let mut t = Transfer::new(t0);
-        t.on_input(b"2024 notes", t0, &mut store, &LIMITS);
+        t.handle_input(b"2024 notes", t0, &mut store, &LIMITS);
         let quiet = t0 + MAYBE_FRAMED_SILENCE;
-        assert_eq!(t.deadline(&LIMITS), Some(quiet));
+        assert_eq!(t.poll_deadline(&LIMITS), Some(quiet));
         assert_eq!(
-            t.on_timer(quiet - Duration::from_millis(1), &mut store, &LIMITS),
+            t.handle_timer(quiet - Duration::from_millis(1), &mut store, &LIMITS),
             Outcome::Continue
         );
-        assert_eq!(t.on_timer(quiet, &mut store, &LIMITS), Outcome::Reply(OK));
-        assert!(matches!(t.on_eof(), Outcome::Done { bytes: 0, .. }));
+        assert_eq!(
+            t.handle_timer(quiet, &mut store, &LIMITS),
+            Outcome::Reply(OK)
+        );
+        assert!(matches!(t.handle_eof(), Outcome::Done { bytes: 0, .. }));
         assert!(dir.0.join("2024 notes").exists());
     }
 
@@ -1009,19 +1035,19 @@ mod tests {
     fn test_silence_counts_from_the_last_byte() {
         let (dir, mut store, t0) = setup("xfer-seed-digits-late");
         let mut t = Transfer::new(t0);
-        t.on_input(b"2024", t0, &mut store, &LIMITS);
+        t.handle_input(b"2024", t0, &mut store, &LIMITS);
         let later = t0 + Duration::from_millis(900);
-        t.on_input(b" notes", later, &mut store, &LIMITS);
-        assert_eq!(t.deadline(&LIMITS), Some(later + MAYBE_FRAMED_SILENCE));
+        t.handle_input(b" notes", later, &mut store, &LIMITS);
+        assert_eq!(t.poll_deadline(&LIMITS), Some(later + MAYBE_FRAMED_SILENCE));
         assert_eq!(
-            t.on_timer(t0 + MAYBE_FRAMED_SILENCE, &mut store, &LIMITS),
+            t.handle_timer(t0 + MAYBE_FRAMED_SILENCE, &mut store, &LIMITS),
             Outcome::Continue
         );
         assert_eq!(
-            t.on_timer(later + MAYBE_FRAMED_SILENCE, &mut store, &LIMITS),
+            t.handle_timer(later + MAYBE_FRAMED_SILENCE, &mut store, &LIMITS),
             Outcome::Reply(OK)
         );
-        assert!(matches!(t.on_eof(), Outcome::Done { bytes: 0, .. }));
+        assert!(matches!(t.handle_eof(), Outcome::Done { bytes: 0, .. }));
         assert!(dir.0.join("2024 notes").exists());
     }
 
@@ -1033,11 +1059,14 @@ mod tests {
             ..LIMITS
         };
         let mut t = Transfer::new(t0);
-        t.on_input(b"123", t0, &mut store, &limits);
+        t.handle_input(b"123", t0, &mut store, &limits);
         let expiry = t0 + limits.header_timeout;
-        assert_eq!(t.deadline(&limits), Some(expiry));
-        assert_eq!(t.on_timer(expiry, &mut store, &limits), Outcome::Reply(OK));
-        assert!(matches!(t.on_eof(), Outcome::Done { bytes: 0, .. }));
+        assert_eq!(t.poll_deadline(&limits), Some(expiry));
+        assert_eq!(
+            t.handle_timer(expiry, &mut store, &limits),
+            Outcome::Reply(OK)
+        );
+        assert!(matches!(t.handle_eof(), Outcome::Done { bytes: 0, .. }));
         assert!(dir.0.join("123").exists());
     }
 
@@ -1047,12 +1076,12 @@ mod tests {
         let mut t = Transfer::new(t0);
         // The nc habit: name, newline and content in one go, no waiting for "ok".
         assert_eq!(
-            t.on_input(b"notes.txt\nfirst ", t0, &mut store, &LIMITS),
+            t.handle_input(b"notes.txt\nfirst ", t0, &mut store, &LIMITS),
             Outcome::Reply(OK)
         );
-        assert_eq!(t.deadline(&LIMITS), Some(t0 + LIMITS.transfer_timeout));
-        t.on_input(b"line\n", t0, &mut store, &LIMITS);
-        let Outcome::Done { line, bytes, name } = t.on_eof() else {
+        assert_eq!(t.poll_deadline(&LIMITS), Some(t0 + LIMITS.transfer_timeout));
+        t.handle_input(b"line\n", t0, &mut store, &LIMITS);
+        let Outcome::Done { line, bytes, name } = t.handle_eof() else {
             panic!("not done")
         };
         assert_eq!((bytes, name.as_str()), (11, "notes.txt"));
@@ -1068,15 +1097,15 @@ mod tests {
         let (dir, mut store, t0) = setup("xfer-name-line-limit");
         let mut t = Transfer::new(t0);
         assert_eq!(
-            t.on_input(b"big\n", t0, &mut store, &LIMITS),
+            t.handle_input(b"big\n", t0, &mut store, &LIMITS),
             Outcome::Reply(OK)
         );
         assert_eq!(
-            t.on_input(&[0; 1000], t0, &mut store, &LIMITS),
+            t.handle_input(&[0; 1000], t0, &mut store, &LIMITS),
             Outcome::Continue
         );
         assert!(matches!(
-            t.on_input(&[0; 1], t0, &mut store, &LIMITS),
+            t.handle_input(&[0; 1], t0, &mut store, &LIMITS),
             Outcome::Refuse(_)
         ));
         // Over the limit in the very first read too.
@@ -1084,10 +1113,81 @@ mod tests {
         let mut first = b"big2\n".to_vec();
         first.extend_from_slice(&[0; 1001]);
         assert!(matches!(
-            t.on_input(&first, t0, &mut store, &LIMITS),
+            t.handle_input(&first, t0, &mut store, &LIMITS),
             Outcome::Refuse(_)
         ));
         assert!(names_in(&dir.0).is_empty());
+    }
+
+    /// Content sent with the header, without waiting for `ok` (the nc habit, or a sender that
+    /// does not wait), in one read of up to 1 MiB: stored whole and in order, though only the
+    /// first [`MAX_HEADER`] bytes of the read pass through the header buffer.
+    #[test]
+    fn test_content_in_the_headers_read_is_stored_whole() {
+        let (dir, mut store, t0) = setup("xfer-header-read");
+        let limits = Limits {
+            max_file_size: 4 << 20,
+            ..LIMITS
+        };
+        let content: Vec<u8> = (0..1usize << 20).map(|i| (i * 7 % 251) as u8).collect();
+        // (name, the header's pieces): all but the last arrive alone, the last with the content.
+        let cases: [(&str, &[&[u8]]); 3] = [
+            ("line", &[b"line\n"]),
+            ("framed", &[b"1048576 framed\n"]),
+            ("split", &[b"10485", b"76 split\n"]),
+        ];
+        for (name, header) in cases {
+            let mut t = Transfer::new(t0);
+            let (last, earlier) = header.split_last().unwrap();
+            for piece in earlier {
+                assert_eq!(
+                    t.handle_input(piece, t0, &mut store, &limits),
+                    Outcome::Continue
+                );
+            }
+            let read = [last, &content[..]].concat();
+            assert_eq!(
+                t.handle_input(&read, t0, &mut store, &limits),
+                Outcome::Reply(OK),
+                "{name}"
+            );
+            let Outcome::Done { line, bytes, .. } = t.handle_eof() else {
+                panic!("{name}: not done")
+            };
+            assert_eq!(bytes, content.len() as u64, "{name}");
+            assert_eq!(
+                Done::parse(&line).unwrap().digest,
+                digest::hash(Algorithm::Blake3, &content),
+                "{name}"
+            );
+            assert!(fs::read(dir.0.join(name)).unwrap() == content, "{name}");
+        }
+    }
+
+    /// The header buffer holds and allocates at most [`MAX_HEADER`] bytes, whether the bytes
+    /// trickle in or come in one large read.
+    #[test]
+    fn test_header_buffer_is_bounded_by_the_longest_header() {
+        let (_dir, mut store, t0) = setup("xfer-header-bound");
+        let mut t = Transfer::new(t0);
+        for _ in 0..MAX_HEADER - 1 {
+            assert_eq!(
+                t.handle_input(b"7", t0, &mut store, &LIMITS),
+                Outcome::Continue
+            );
+            assert!(t.buffered() <= MAX_HEADER, "{}", t.buffered());
+        }
+        assert_eq!(
+            t.handle_input(b"7", t0, &mut store, &LIMITS),
+            Outcome::Refuse(HeaderError::TooLong.to_string())
+        );
+        // A megabyte without a newline is refused the same, without being copied.
+        let mut t = Transfer::new(t0);
+        t.handle_input(b"77", t0, &mut store, &LIMITS);
+        assert_eq!(
+            t.handle_input(&[b'7'; 1 << 20], t0, &mut store, &LIMITS),
+            Outcome::Refuse(HeaderError::TooLong.to_string())
+        );
     }
 
     #[test]
@@ -1098,19 +1198,19 @@ mod tests {
         let step = Duration::from_millis(50);
         let mut now = t0;
         while now < t0 + LIMITS.header_timeout {
-            assert_eq!(t.on_timer(now, &mut store, &LIMITS), Outcome::Continue);
-            t.on_input(b"1", now, &mut store, &LIMITS);
+            assert_eq!(t.handle_timer(now, &mut store, &LIMITS), Outcome::Continue);
+            t.handle_input(b"1", now, &mut store, &LIMITS);
             now += step;
         }
         // The last byte came 50 ms ago: not silence, so not a seed-form name either.
         assert_eq!(
-            t.on_timer(now, &mut store, &LIMITS),
+            t.handle_timer(now, &mut store, &LIMITS),
             Outcome::Refuse("header timeout".into())
         );
         // One that connects and sends nothing at all, likewise.
         let mut idle = Transfer::new(t0);
         assert_eq!(
-            idle.on_timer(t0 + LIMITS.header_timeout, &mut store, &LIMITS),
+            idle.handle_timer(t0 + LIMITS.header_timeout, &mut store, &LIMITS),
             Outcome::Refuse("header timeout".into())
         );
     }
@@ -1119,9 +1219,9 @@ mod tests {
     fn test_short_framed_transfer_leaves_nothing() {
         let (dir, mut store, t0) = setup("xfer-short");
         let mut t = Transfer::new(t0);
-        t.on_input(b"10 short.bin\n12345", t0, &mut store, &LIMITS);
+        t.handle_input(b"10 short.bin\n12345", t0, &mut store, &LIMITS);
         assert_eq!(
-            t.on_eof(),
+            t.handle_eof(),
             Outcome::Refuse("short transfer: 5 of 10 bytes".into())
         );
         assert!(names_in(&dir.0).is_empty());
@@ -1132,11 +1232,11 @@ mod tests {
         let (dir, mut store, t0) = setup("xfer-long");
         let mut t = Transfer::new(t0);
         assert_eq!(
-            t.on_input(b"2 x\n", t0, &mut store, &LIMITS),
+            t.handle_input(b"2 x\n", t0, &mut store, &LIMITS),
             Outcome::Reply(OK)
         );
         assert!(matches!(
-            t.on_input(b"abc", t0, &mut store, &LIMITS),
+            t.handle_input(b"abc", t0, &mut store, &LIMITS),
             Outcome::Refuse(_)
         ));
         assert!(!dir.0.join("x").exists());
@@ -1147,22 +1247,22 @@ mod tests {
         let (dir, mut store, t0) = setup("xfer-limit");
         let mut t = Transfer::new(t0);
         assert_eq!(
-            t.on_input(b"1001 big\n", t0, &mut store, &LIMITS),
+            t.handle_input(b"1001 big\n", t0, &mut store, &LIMITS),
             Outcome::Refuse("file too large: the limit is 1000 bytes".into())
         );
         // Seed form: no declared size, so the limit is enforced as content arrives.
         let mut t = Transfer::new(t0);
-        t.on_input(b"big", t0, &mut store, &LIMITS);
+        t.handle_input(b"big", t0, &mut store, &LIMITS);
         assert_eq!(
-            t.on_timer(t0 + SEED_SILENCE, &mut store, &LIMITS),
+            t.handle_timer(t0 + SEED_SILENCE, &mut store, &LIMITS),
             Outcome::Reply(OK)
         );
         assert_eq!(
-            t.on_input(&[0; 1000], t0, &mut store, &LIMITS),
+            t.handle_input(&[0; 1000], t0, &mut store, &LIMITS),
             Outcome::Continue
         );
         assert!(matches!(
-            t.on_input(&[0; 1], t0, &mut store, &LIMITS),
+            t.handle_input(&[0; 1], t0, &mut store, &LIMITS),
             Outcome::Refuse(_)
         ));
         assert!(!dir.0.join("big").exists());
@@ -1174,7 +1274,7 @@ mod tests {
         fs::write(dir.0.join("taken"), b"keep me").unwrap();
         let mut t = Transfer::new(t0);
         assert_eq!(
-            t.on_input(b"3 taken\n", t0, &mut store, &LIMITS),
+            t.handle_input(b"3 taken\n", t0, &mut store, &LIMITS),
             Outcome::Refuse("file exists".into())
         );
         assert_eq!(fs::read(dir.0.join("taken")).unwrap(), b"keep me");
@@ -1184,10 +1284,10 @@ mod tests {
     fn test_stalled_transfer_times_out_and_leaves_nothing() {
         let (dir, mut store, t0) = setup("xfer-stall");
         let mut t = Transfer::new(t0);
-        t.on_input(b"100 stall\nsome", t0, &mut store, &LIMITS);
-        assert_eq!(t.deadline(&LIMITS), Some(t0 + LIMITS.transfer_timeout));
+        t.handle_input(b"100 stall\nsome", t0, &mut store, &LIMITS);
+        assert_eq!(t.poll_deadline(&LIMITS), Some(t0 + LIMITS.transfer_timeout));
         assert_eq!(
-            t.on_timer(t0 + LIMITS.transfer_timeout, &mut store, &LIMITS),
+            t.handle_timer(t0 + LIMITS.transfer_timeout, &mut store, &LIMITS),
             Outcome::Refuse("transfer timeout".into())
         );
         assert!(names_in(&dir.0).is_empty());
@@ -1215,18 +1315,21 @@ mod tests {
         ] {
             let (_dir, mut store, t0) = setup("xfer-timeout-from-ok");
             let mut t = Transfer::new(t0);
-            t.on_input(name, t0, &mut store, &limits);
+            t.handle_input(name, t0, &mut store, &limits);
             let ok_at = t0 + ok_after;
-            assert_eq!(t.on_timer(ok_at, &mut store, &limits), Outcome::Reply(OK));
-            let expiry = ok_at + limits.transfer_timeout;
-            assert_eq!(t.deadline(&limits), Some(expiry), "{name:?}");
             assert_eq!(
-                t.on_timer(expiry - Duration::from_millis(1), &mut store, &limits),
+                t.handle_timer(ok_at, &mut store, &limits),
+                Outcome::Reply(OK)
+            );
+            let expiry = ok_at + limits.transfer_timeout;
+            assert_eq!(t.poll_deadline(&limits), Some(expiry), "{name:?}");
+            assert_eq!(
+                t.handle_timer(expiry - Duration::from_millis(1), &mut store, &limits),
                 Outcome::Continue,
                 "{name:?}"
             );
             assert_eq!(
-                t.on_timer(expiry, &mut store, &limits),
+                t.handle_timer(expiry, &mut store, &limits),
                 Outcome::Refuse("transfer timeout".into())
             );
         }
@@ -1237,10 +1340,13 @@ mod tests {
     fn test_transfer_timeout_counts_from_the_last_byte_once_receiving() {
         let (_dir, mut store, t0) = setup("xfer-timeout-last-byte");
         let mut t = Transfer::new(t0);
-        t.on_input(b"100 f\n", t0, &mut store, &LIMITS);
+        t.handle_input(b"100 f\n", t0, &mut store, &LIMITS);
         let later = t0 + Duration::from_secs(50);
-        t.on_input(b"abc", later, &mut store, &LIMITS);
-        assert_eq!(t.deadline(&LIMITS), Some(later + LIMITS.transfer_timeout));
+        t.handle_input(b"abc", later, &mut store, &LIMITS);
+        assert_eq!(
+            t.poll_deadline(&LIMITS),
+            Some(later + LIMITS.transfer_timeout)
+        );
     }
 
     /// A directory that cannot take the file is found before `ok`, in every header form, and
@@ -1255,18 +1361,18 @@ mod tests {
         );
         let mut framed = Transfer::new(t0);
         assert_eq!(
-            framed.on_input(b"5 a.txt\nhello", t0, &mut store, &LIMITS),
+            framed.handle_input(b"5 a.txt\nhello", t0, &mut store, &LIMITS),
             Outcome::Refuse(removed.clone())
         );
         let mut line = Transfer::new(t0);
         assert_eq!(
-            line.on_input(b"a.txt\n", t0, &mut store, &LIMITS),
+            line.handle_input(b"a.txt\n", t0, &mut store, &LIMITS),
             Outcome::Refuse(removed.clone())
         );
         let mut seed = Transfer::new(t0);
-        seed.on_input(b"a.txt", t0, &mut store, &LIMITS);
+        seed.handle_input(b"a.txt", t0, &mut store, &LIMITS);
         assert_eq!(
-            seed.on_timer(t0 + SEED_SILENCE, &mut store, &LIMITS),
+            seed.handle_timer(t0 + SEED_SILENCE, &mut store, &LIMITS),
             Outcome::Refuse(removed)
         );
         assert!(!dir.0.exists(), "never created again by the server");
@@ -1276,8 +1382,8 @@ mod tests {
     fn test_empty_file_is_stored_empty() {
         let (dir, mut store, t0) = setup("xfer-empty");
         let mut t = Transfer::new(t0);
-        t.on_input(b"0 empty\n", t0, &mut store, &LIMITS);
-        let Outcome::Done { line, .. } = t.on_eof() else {
+        t.handle_input(b"0 empty\n", t0, &mut store, &LIMITS);
+        let Outcome::Done { line, .. } = t.handle_eof() else {
             panic!()
         };
         assert_eq!(
@@ -1285,5 +1391,161 @@ mod tests {
             "done 0 blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262\n"
         );
         assert_eq!(fs::read(dir.0.join("empty")).unwrap(), b"");
+    }
+
+    // --- the service, as the loop drives it ---
+
+    use crate::service::Recorded;
+    use crate::service::testing::{run, shared};
+
+    /// Shared state as the loop holds it, with a store (named temporaries, as in `setup`) in a
+    /// fresh directory; the limits are `testing::shared`'s, the same as [`LIMITS`].
+    fn service_setup(tag: &str) -> (TempDir, Shared, Instant) {
+        let (dir, store, t0) = setup(tag);
+        (dir, shared(Some(store)), t0)
+    }
+
+    fn refused(reason: &str) -> [Recorded; 2] {
+        [
+            Recorded::Reply(format!("error: {reason}\n").into_bytes()),
+            Recorded::Close(CloseReason::Protocol("file transfer refused")),
+        ]
+    }
+
+    #[test]
+    fn test_service_refusal_is_an_error_line_then_an_orderly_close_and_is_counted() {
+        let (dir, mut sh, t0) = service_setup("svc-refuse");
+        let mut t = Transfer::new(t0);
+        let got = run(&mut sh, t0, |cx| t.on_input(b"1001 big\n", cx));
+        assert_eq!(got, refused("file too large: the limit is 1000 bytes"));
+        assert_eq!((sh.stats.files_refused, sh.stats.files_stored), (1, 0));
+        // Over: whatever comes after is ignored, and counted no more.
+        let got = run(&mut sh, t0, |cx| {
+            t.on_input(b"more", cx);
+            t.on_eof(cx);
+        });
+        assert!(got.is_empty(), "{got:?}");
+        assert_eq!(sh.stats.files_refused, 1);
+        assert!(names_in(&dir.0).is_empty());
+    }
+
+    #[test]
+    fn test_service_done_replies_the_line_and_is_counted() {
+        let (dir, mut sh, t0) = service_setup("svc-done");
+        let mut t = Transfer::new(t0);
+        let got = run(&mut sh, t0, |cx| t.on_input(b"5 hi.txt\nhel", cx));
+        assert_eq!(got, [Recorded::Reply(OK.to_vec())]);
+        let got = run(&mut sh, t0, |cx| {
+            t.on_input(b"lo", cx);
+            t.on_eof(cx);
+        });
+        let line = Done {
+            bytes: 5,
+            digest: digest::hash(Algorithm::Blake3, b"hello"),
+        }
+        .line();
+        assert_eq!(got, [Recorded::Reply(line.into_bytes())]);
+        assert_eq!((sh.stats.files_stored, sh.stats.files_refused), (1, 0));
+        assert_eq!(names_in(&dir.0), ["hi.txt"]);
+    }
+
+    #[test]
+    fn test_service_timer_acts_only_at_the_deadline_it_gave() {
+        let (_dir, mut sh, t0) = service_setup("svc-timer");
+        let mut t = Transfer::new(t0);
+        run(&mut sh, t0, |cx| t.on_input(b"photo.jpg", cx));
+        let due = t.deadline(&sh).unwrap();
+        assert_eq!(due, t0 + SEED_SILENCE);
+        // A spurious wake-up before it: nothing.
+        let early = run(&mut sh, due - Duration::from_millis(1), |cx| t.on_timer(cx));
+        assert!(early.is_empty(), "{early:?}");
+        let got = run(&mut sh, due, |cx| t.on_timer(cx));
+        assert_eq!(got, [Recorded::Reply(OK.to_vec())]);
+        // A header timeout is a refusal like any other.
+        let mut idle = Transfer::new(t0);
+        let due = idle.deadline(&sh).unwrap();
+        let got = run(&mut sh, due, |cx| idle.on_timer(cx));
+        assert_eq!(got, refused("header timeout"));
+        assert_eq!(sh.stats.files_refused, 1);
+    }
+
+    /// Issue 15, verbatim, as the loop drives it, on a fake clock: with `--header-timeout 2
+    /// --transfer-timeout 2`, the seed-form name `2024 notes` waits a second for its `ok`;
+    /// content 1.5 s after the `ok` — past a transfer timeout counted from the name, short of
+    /// one counted from the `ok` — is stored.
+    #[test]
+    fn test_service_issue_15_transfer_timeout_counts_from_ok() {
+        let (dir, mut sh, t0) = service_setup("svc-issue-15");
+        sh.file_limits.header_timeout = Duration::from_secs(2);
+        sh.file_limits.transfer_timeout = Duration::from_secs(2);
+        let mut t = Transfer::new(t0);
+        assert!(run(&mut sh, t0, |cx| t.on_input(b"2024 notes", cx)).is_empty());
+        // Digits and a space could still become a framed header: a second of silence.
+        let ok_at = t.deadline(&sh).unwrap();
+        assert_eq!(ok_at, t0 + MAYBE_FRAMED_SILENCE);
+        let got = run(&mut sh, ok_at, |cx| t.on_timer(cx));
+        assert_eq!(got, [Recorded::Reply(OK.to_vec())]);
+        assert_eq!(t.deadline(&sh), Some(ok_at + Duration::from_secs(2)));
+        // Woken where the bug timed it out (2 s after the name), and 1.5 s after the `ok`.
+        let later = ok_at + Duration::from_millis(1500);
+        for now in [t0 + Duration::from_secs(2), later] {
+            let got = run(&mut sh, now, |cx| t.on_timer(cx));
+            assert!(got.is_empty(), "{now:?}: {got:?}");
+        }
+        let got = run(&mut sh, later, |cx| {
+            t.on_input(b"agenda", cx);
+            t.on_eof(cx);
+        });
+        let done = Done {
+            bytes: 6,
+            digest: digest::hash(Algorithm::Blake3, b"agenda"),
+        };
+        assert_eq!(got, [Recorded::Reply(done.line().into_bytes())]);
+        assert_eq!(fs::read(dir.0.join("2024 notes")).unwrap(), b"agenda");
+    }
+
+    #[test]
+    fn test_service_graceful_stop_lets_only_a_transfer_in_progress_finish() {
+        let (_dir, mut sh, t0) = service_setup("svc-stop");
+        let mut t = Transfer::new(t0);
+        assert_eq!(t.on_stop(), OnStop::ServePending, "no header yet");
+        run(&mut sh, t0, |cx| t.on_input(b"3 f", cx));
+        assert_eq!(t.on_stop(), OnStop::ServePending, "header in progress");
+        run(&mut sh, t0, |cx| t.on_input(b"\nab", cx));
+        assert_eq!(t.on_stop(), OnStop::Finish, "receiving");
+        run(&mut sh, t0, |cx| {
+            t.on_input(b"c", cx);
+            t.on_eof(cx);
+        });
+        assert_eq!(t.on_stop(), OnStop::ServePending, "done");
+        assert_eq!(sh.stats.files_stored, 1);
+    }
+
+    #[test]
+    fn test_service_drained_header_is_told_the_server_is_shutting_down() {
+        let (_dir, mut sh, t0) = service_setup("svc-drained");
+        let mut t = Transfer::new(t0);
+        run(&mut sh, t0, |cx| t.on_input(b"notes", cx));
+        let got = run(&mut sh, t0, |cx| t.on_drained(cx));
+        assert_eq!(
+            got,
+            [Recorded::Reply(b"error: server shutting down\n".to_vec())]
+        );
+    }
+
+    #[test]
+    fn test_service_buffered_is_the_header_buffer_and_nothing_after_it() {
+        let (_dir, mut sh, t0) = service_setup("svc-buffered");
+        let mut t = Transfer::new(t0);
+        assert_eq!(t.buffered(), 0, "nothing allocated before the first byte");
+        run(&mut sh, t0, |cx| t.on_input(b"12 some", cx));
+        let Stage::Header(buf) = &t.stage else {
+            panic!("still in the header")
+        };
+        assert_eq!(buf, b"12 some");
+        assert_eq!(t.buffered(), buf.capacity());
+        run(&mut sh, t0, |cx| t.on_input(b" name\nabc", cx));
+        assert!(t.is_receiving());
+        assert_eq!(t.buffered(), 0, "content is never buffered by the service");
     }
 }

@@ -6,9 +6,14 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
+use std::ffi::OsStr;
+use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -258,17 +263,68 @@ pub fn stat(line: &str, key: &str) -> u64 {
         .expect("number")
 }
 
-/// Run `resound ARGS` to completion and return (status, stderr).
+/// Run `resound ARGS`, which is expected to exit by itself, and return (status, stderr).
+/// Bounded like every run here (see [`run_resound`]).
 pub fn run_binary(args: &[&str]) -> (ExitStatus, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_resound"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run resound");
+    let out = run_resound(args, Stdio::null(), None);
     (
         out.status,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// What writes a child's standard input, on a thread of its own, while the test reads its output.
+pub type Feed = Box<dyn FnOnce(ChildStdin) + Send>;
+
+/// Run `resound ARGS` to completion and collect what it printed. Its standard input is `stdin`,
+/// written by `feed` (on a thread) if `stdin` is piped. Bounded: a process still running, or
+/// still holding its output open, after [`TIMEOUT`] (a server that started when the test meant
+/// it to refuse, a sender that hangs) is killed and the test fails instead of hanging.
+pub fn run_resound<S: AsRef<OsStr>>(args: &[S], stdin: Stdio, feed: Option<Feed>) -> Output {
+    let args: Vec<&OsStr> = args.iter().map(AsRef::as_ref).collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_resound"))
+        .args(&args)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn resound");
+    if let Some(feed) = feed {
+        let pipe = child.stdin.take().expect("piped stdin");
+        thread::spawn(move || feed(pipe));
+    }
+    // Both pipes reach EOF when the process exits; the child is reaped only after that, so a
+    // kill here can never hit another process that reused its pid.
+    let stdout = read_all(child.stdout.take().unwrap());
+    let stderr = read_all(child.stderr.take().unwrap());
+    let deadline = Instant::now() + TIMEOUT;
+    let collect = |rx: mpsc::Receiver<Vec<u8>>| {
+        rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .ok()
+    };
+    match (collect(stdout), collect(stderr)) {
+        (Some(stdout), Some(stderr)) => Output {
+            status: child.wait().expect("wait for resound"),
+            stdout,
+            stderr,
+        },
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("resound {args:?} did not finish within {TIMEOUT:?}");
+        }
+    }
+}
+
+/// Everything `pipe` gives until EOF, read on a thread of its own.
+fn read_all(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        let _ = tx.send(bytes);
+    });
+    rx
 }
 
 /// Wait until `fd` is writable or `timeout` passes; true if writable.
@@ -340,4 +396,124 @@ pub fn join_room(addr: SocketAddr, n: usize) -> Vec<BufReader<TcpStream>> {
         room.push(BufReader::new(newcomer));
     }
     room
+}
+
+// --- the files service ---
+
+/// Set to 1, this environment variable makes a `resound serve` process receive into named
+/// temporaries (the fallback for file systems without `O_TMPFILE`), as `storage.rs` documents:
+/// the only way to choose them in a process of its own.
+pub const NAMED_TEMPORARIES_ENV: &str = "RESOUND_NAMED_TEMPORARIES";
+
+/// A fresh, empty directory under the system's temp dir, removed on drop.
+pub struct Dir(pub PathBuf);
+
+impl Dir {
+    /// `resound-test-TAG-PID`, created empty.
+    pub fn new(tag: &str) -> Dir {
+        let path = std::env::temp_dir().join(format!("resound-test-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap();
+        Dir(path)
+    }
+
+    /// `DIR/NAME`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// Write `data` to `DIR/NAME`; returns the path.
+    pub fn file(&self, name: &str, data: &[u8]) -> PathBuf {
+        let path = self.path(name);
+        fs::write(&path, data).unwrap();
+        path
+    }
+
+    /// Every name in the directory, hidden ones included, sorted.
+    pub fn names(&self) -> Vec<String> {
+        names_in(&self.0)
+    }
+
+    /// Assert that the directory holds exactly `want` (sorted), nothing else: neither a file
+    /// that should not have been stored nor a temporary left behind, hidden or not.
+    pub fn assert_holds(&self, want: &[&str]) {
+        let names = self.names();
+        assert_eq!(names, want, "{} holds {names:?}", self.0.display());
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        // Make it removable again (a test may have made it read-only).
+        let _ = fs::set_permissions(&self.0, fs::Permissions::from_mode(0o755));
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Every name in `dir`, hidden ones included, sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// An in-process server (see [`start`]) with the files service on port 0 too, storing into
+/// `dir`, after letting `tweak` adjust the config.
+pub fn start_files(dir: &Path, tweak: impl FnOnce(&mut Config)) -> Running {
+    let dir = dir.to_path_buf();
+    start(|c| {
+        c.files = Some("127.0.0.1:0".parse().unwrap());
+        c.dir = dir;
+        tweak(c);
+    })
+}
+
+/// `resound serve --files 127.0.0.1:0 --dir DIR`, to be adjusted (arguments, environment,
+/// limits) and started with [`ServerProcess::start_command`].
+pub fn files_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_resound"));
+    cmd.args(["serve", "--files", "127.0.0.1:0", "--dir"])
+        .arg(dir);
+    cmd
+}
+
+/// Stop a server process as an operator would (SIGTERM) and wait for it to exit cleanly:
+/// every connection has been released and every temporary closed when this returns.
+pub fn stop_gracefully(server: &mut ServerProcess) {
+    server.signal(libc::SIGTERM);
+    assert!(server.wait().success(), "the server exits 0 on SIGTERM");
+}
+
+/// Give the process `cmd` will start the resource limit `resource` (soft and hard) = `value`.
+pub fn with_rlimit(cmd: &mut Command, resource: libc::__rlimit_resource_t, value: libc::rlim_t) {
+    // SAFETY: setrlimit is async-signal-safe; it runs in the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: value,
+            };
+            if libc::setrlimit(resource, &limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Connect to a files service and send `header`; returns the socket and the reply: `ok`, or
+/// the whole error line.
+pub fn send_header(addr: SocketAddr, header: &[u8]) -> (TcpStream, String) {
+    let mut s = connect(addr);
+    s.write_all(header).unwrap();
+    let mut reply = [0; 2];
+    s.read_exact(&mut reply).unwrap();
+    let mut reply = reply.to_vec();
+    if reply != b"ok" {
+        s.read_to_end(&mut reply).unwrap();
+    }
+    (s, String::from_utf8_lossy(&reply).into_owned())
 }
