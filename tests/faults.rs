@@ -5,7 +5,6 @@ mod util;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,19 +46,7 @@ fn fd_exhaustion_sheds_clients_without_spinning_and_recovers() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_resound"));
     // --max-conns far above the limit, so it is EMFILE that stops the accept loop.
     cmd.args(["serve", "--echo", "127.0.0.1:0", "--max-conns", "10000"]);
-    // SAFETY: setrlimit is async-signal-safe; it runs in the child between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 48,
-                rlim_max: 48,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    with_rlimit(&mut cmd, libc::RLIMIT_NOFILE, 48);
     let server = ServerProcess::start_command(cmd, 1);
     let addr = server.addr("echo");
 

@@ -122,11 +122,7 @@ impl Cause {
         if self.errno == 0 {
             return "closed by the server".into();
         }
-        let text = io::Error::from_raw_os_error(self.errno).to_string();
-        match text.find(" (os error") {
-            Some(i) => text[..i].to_string(),
-            None => text,
-        }
+        crate::units::strip_os_error(&io::Error::from_raw_os_error(self.errno))
     }
 }
 
