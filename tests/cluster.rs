@@ -326,6 +326,11 @@ fn three_bridged_nodes_deliver_every_line_once_in_sender_order() {
 
 /// Redis killed: each node goes on delivering locally, and buffers nothing for the outage.
 /// Redis restarted on the same port: `bridge up` again, and lines cross nodes again.
+///
+/// The restart must reuse the port (the nodes know no other), so in the moment between the kill
+/// and the restart another test could take it as an ephemeral port; then `start_on` fails
+/// loudly rather than the test passing wrongly. Nothing else here binds a port it did not ask
+/// the kernel for, so this has not been seen.
 #[test]
 fn redis_down_keeps_local_delivery_and_a_restart_brings_the_bridge_back() {
     let redis = Redis::start();
