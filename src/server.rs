@@ -99,7 +99,8 @@ const EVENTS_CAPACITY: usize = 1024;
 /// may take more per syscall — a bulk upload alone pays a loop turn, a read, a hash call and a
 /// file write per MiB instead of per 64 KiB. Measured on a 1 GiB upload
 /// (`benches/file_transfer.sh`): 64 KiB 0.78x `nc`, 256 KiB 1.09x, 1 MiB 1.2x; an echo
-/// client's p99 during the upload stays within 1.4x of idle (a visit takes ~0.4 ms).
+/// client's p99 during uploads is 1.5x its idle p99 (a visit takes ~0.4 ms), when the disk keeps up
+/// (`benches/file_fairness.sh`; a disk under writeback throttling stalls the file writes).
 pub const BULK_BUDGET: usize = 1024 * 1024;
 
 /// The read buffer shared by every connection: bytes live here only between a `read` and the
