@@ -98,7 +98,7 @@ const EVENTS_CAPACITY: usize = 1024;
 /// still gets at least [`IO_BUDGET`]): when few are ready, nobody waits behind them, so each
 /// may take more per syscall — a bulk upload alone pays a loop turn, a read, a hash call and a
 /// file write per MiB instead of per 64 KiB. Measured on a 1 GiB upload
-/// (`benches/file_transfer.sh`): 64 KiB 0.78x `nc`, 256 KiB 1.09x, 1 MiB 1.2x; an echo
+/// (`benches/file_transfer.sh`): 64 KiB 0.78x `nc`, 256 KiB 1.09x, 1 MiB 1.15x; an echo
 /// client's p99 during uploads is 1.5x its idle p99 (a visit takes ~0.4 ms), when the disk keeps up
 /// (`benches/file_fairness.sh`; a disk under writeback throttling stalls the file writes).
 pub const BULK_BUDGET: usize = 1024 * 1024;
